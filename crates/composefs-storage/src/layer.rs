@@ -1,0 +1,458 @@
+//! [`Layer`]: one layer record and its files (`overlay/<id>/diff`, tar-split, link, lower).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cap_std::fs::Dir;
+use oci_spec::image::Digest;
+
+use crate::error::{Result, StorageError};
+use crate::fsutil::{self, Follow};
+use crate::image::Image;
+use crate::records::{IdMapping, LayerMetadata};
+use crate::storage::{LayerStore, NamedDir, Snapshot, Storage, layer_users};
+
+/// Longest parent chain followed before giving up (c/storage itself has no limit, but the
+/// kernel's overlayfs stacks at most a few hundred lowers).
+pub(crate) const MAX_CHAIN: usize = 4096;
+
+/// Compression of the blob a layer was created from (`compression` in `layers.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Uncompressed.
+    None,
+    /// bzip2.
+    Bzip2,
+    /// gzip.
+    Gzip,
+    /// xz.
+    Xz,
+    /// zstd.
+    Zstd,
+    /// A value this crate does not know.
+    Other(i64),
+}
+
+impl Compression {
+    fn from_raw(v: i64) -> Self {
+        match v {
+            0 => Compression::None,
+            1 => Compression::Bzip2,
+            2 => Compression::Gzip,
+            3 => Compression::Xz,
+            4 => Compression::Zstd,
+            o => Compression::Other(o),
+        }
+    }
+
+    /// A short lower-case name (`gzip`, `zstd`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            Compression::None => "none".into(),
+            Compression::Bzip2 => "bzip2".into(),
+            Compression::Gzip => "gzip".into(),
+            Compression::Xz => "xz".into(),
+            Compression::Zstd => "zstd".into(),
+            Compression::Other(o) => format!("unknown({o})"),
+        }
+    }
+}
+
+/// A layer of the store (an image layer or a container's read-write layer).
+#[derive(Debug, Clone)]
+pub struct Layer {
+    storage: Storage,
+    snap: Arc<Snapshot>,
+    store: usize,
+    meta: Arc<LayerMetadata>,
+}
+
+impl Layer {
+    pub(crate) fn new(
+        storage: Storage,
+        snap: Arc<Snapshot>,
+        store: usize,
+        meta: Arc<LayerMetadata>,
+    ) -> Layer {
+        Layer {
+            storage,
+            snap,
+            store,
+            meta,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &LayerStore {
+        &self.storage.inner.layer_stores[self.store]
+    }
+
+    /// The layer ID.
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+
+    /// The whole record.
+    pub fn metadata(&self) -> &LayerMetadata {
+        &self.meta
+    }
+
+    /// The layer's names (rarely used).
+    pub fn names(&self) -> &[String] {
+        &self.meta.names
+    }
+
+    /// The parent layer's ID.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.meta.parent.as_deref()
+    }
+
+    /// The parent layer (searched in every layer store, primary first).
+    pub fn parent(&self) -> Result<Option<Layer>> {
+        let Some(pid) = self.parent_id() else {
+            return Ok(None);
+        };
+        match self.snap.layer(pid) {
+            Some((si, m)) => Ok(Some(Layer::new(
+                self.storage.clone(),
+                self.snap.clone(),
+                si,
+                m.clone(),
+            ))),
+            None => Err(StorageError::layer(
+                self.id(),
+                format!("parent layer {pid} does not exist"),
+            )),
+        }
+    }
+
+    /// This layer and its ancestors, base layer first. Fails on a missing parent, a loop or a
+    /// chain longer than 4096 layers.
+    pub fn chain(&self) -> Result<Vec<Layer>> {
+        let mut out = vec![self.clone()];
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(self.id().to_string());
+        while let Some(p) = out.last().unwrap_or(self).parent()? {
+            if !seen.insert(p.id().to_string()) {
+                return Err(StorageError::layer(
+                    self.id(),
+                    format!("parent chain loops back to layer {}", p.id()),
+                ));
+            }
+            if out.len() >= MAX_CHAIN {
+                return Err(StorageError::layer(
+                    self.id(),
+                    format!("parent chain is longer than {MAX_CHAIN} layers"),
+                ));
+            }
+            out.push(p);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// When the layer record was created.
+    pub fn created(&self) -> Option<SystemTime> {
+        self.meta.created_time()
+    }
+
+    /// `diff-digest`: the digest of the uncompressed layer tar (the DiffID).
+    pub fn diff_digest(&self) -> Option<&Digest> {
+        self.meta.diff_digest.as_ref()
+    }
+
+    /// The DiffID: `diff-digest`, or c/image's `expected-layer-diffid` for TOC-only layers.
+    pub fn diff_id(&self) -> Option<Digest> {
+        self.meta.diff_id()
+    }
+
+    /// The uncompressed tar size, if the record's size is valid.
+    pub fn diff_size(&self) -> Option<u64> {
+        self.meta.known_diff_size()
+    }
+
+    /// Digest of the blob the layer was created from.
+    pub fn compressed_digest(&self) -> Option<&Digest> {
+        self.meta.compressed_diff_digest.as_ref()
+    }
+
+    /// Size of the blob the layer was created from.
+    pub fn compressed_size(&self) -> Option<u64> {
+        self.meta
+            .compressed_diff_digest
+            .as_ref()
+            .and(self.meta.compressed_size)
+            .and_then(|s| u64::try_from(s).ok())
+    }
+
+    /// The zstd:chunked / eStargz TOC digest of partially pulled layers.
+    pub fn toc_digest(&self) -> Option<&Digest> {
+        self.meta.toc_digest.as_ref()
+    }
+
+    /// The compression of the blob the layer was created from.
+    pub fn compression(&self) -> Option<Compression> {
+        self.meta.compression.map(Compression::from_raw)
+    }
+
+    /// UIDs used by the layer's files.
+    pub fn uid_set(&self) -> &[u32] {
+        &self.meta.uidset
+    }
+
+    /// GIDs used by the layer's files.
+    pub fn gid_set(&self) -> &[u32] {
+        &self.meta.gidset
+    }
+
+    /// The UID mapping the files were chowned with (usually empty).
+    pub fn uid_map(&self) -> &[IdMapping] {
+        &self.meta.uidmap
+    }
+
+    /// The GID mapping the files were chowned with (usually empty).
+    pub fn gid_map(&self) -> &[IdMapping] {
+        &self.meta.gidmap
+    }
+
+    /// The record's flags.
+    pub fn flags(&self) -> &std::collections::BTreeMap<String, serde_json::Value> {
+        &self.meta.flags
+    }
+
+    /// True if the layer belongs to a read-only additional image store.
+    pub fn is_read_only(&self) -> bool {
+        self.store().read_only
+    }
+
+    /// The root of the store (graph root or additional image store) the layer belongs to.
+    pub fn store_root(&self) -> &Path {
+        &self.store().root
+    }
+
+    /// The IDs of the images whose layer chain contains this layer.
+    pub fn image_ids(&self) -> Vec<String> {
+        layer_users(&self.snap)
+            .remove(self.id())
+            .unwrap_or_default()
+    }
+
+    /// The images whose layer chain contains this layer.
+    pub fn images(&self) -> Vec<Image> {
+        let ids = self.image_ids();
+        self.snap
+            .all_images()
+            .into_iter()
+            .filter(|(_, m)| ids.contains(&m.id))
+            .map(|(si, m)| self.storage.make_image(&self.snap, si, m))
+            .collect()
+    }
+
+    fn check_id(&self) -> Result<()> {
+        fsutil::check_component(self.id())
+            .map_err(|m| StorageError::layer(self.id(), format!("invalid layer ID: {m}")))
+    }
+
+    /// The layer's directory `overlay/<id>` (imagestore first, then graph root, for the
+    /// primary store) and its path for messages.
+    pub(crate) fn layer_dir(&self) -> Result<(Dir, PathBuf)> {
+        self.check_id()?;
+        find_layer_dir(&self.store().homes, self.id())?.ok_or_else(|| {
+            StorageError::layer(
+                self.id(),
+                format!(
+                    "layer directory not found in {}",
+                    self.store()
+                        .homes
+                        .iter()
+                        .map(|h| h.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    /// A handle to the layer's `diff` directory (its own files; the overlay upper dir).
+    pub fn diff_dir(&self) -> Result<Dir> {
+        Ok(self.diff_dir_with_path()?.0)
+    }
+
+    pub(crate) fn diff_dir_with_path(&self) -> Result<(Dir, PathBuf)> {
+        let (ld, lpath) = self.layer_dir()?;
+        let path = lpath.join("diff");
+        match fsutil::open_dir_nofollow(&ld, Path::new("diff")) {
+            Ok(d) => Ok((d, path)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Err(StorageError::layer(
+                    self.id(),
+                    format!(
+                        "{} is a symlink or not a directory; refusing to follow it out of the store",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => Err(StorageError::io(path, e)),
+        }
+    }
+
+    /// The 26-character link ID (`overlay/<id>/link`), if the layer has one.
+    pub fn link_id(&self) -> Result<Option<String>> {
+        let (ld, lpath) = self.layer_dir()?;
+        let Some(b) = fsutil::read_file_optional(&ld, Path::new("link"), 4096)
+            .map_err(|e| StorageError::io(lpath.join("link"), e))?
+        else {
+            return Ok(None);
+        };
+        let s = String::from_utf8(b)
+            .map_err(|_| StorageError::corrupt(lpath.join("link"), "link ID is not UTF-8"))?;
+        let s = s.trim().to_string();
+        fsutil::check_component(&s).map_err(|m| {
+            StorageError::corrupt(lpath.join("link"), format!("invalid link ID: {m}"))
+        })?;
+        Ok(Some(s))
+    }
+
+    /// The diff directories of the layer's overlay lowers, top-most first, as listed in
+    /// `overlay/<id>/lower` (`l/<LINK>:l/<LINK>:...`). Each link is resolved by reading the
+    /// `l/<LINK>` symlink (expected `../<layer-id>/diff`) and opening that layer's directory
+    /// in the store's driver homes, never by following the link itself.
+    pub fn lower_diff_dirs(&self) -> Result<Vec<Dir>> {
+        Ok(self
+            .lower_diff_dirs_with_paths()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    pub(crate) fn lower_diff_dirs_with_paths(&self) -> Result<Vec<(Dir, PathBuf)>> {
+        let (ld, lpath) = self.layer_dir()?;
+        let lower_path = lpath.join("lower");
+        let Some(b) = fsutil::read_file_optional(&ld, Path::new("lower"), 1 << 20)
+            .map_err(|e| StorageError::io(&lower_path, e))?
+        else {
+            return Ok(Vec::new());
+        };
+        let s =
+            String::from_utf8(b).map_err(|_| StorageError::corrupt(&lower_path, "not UTF-8"))?;
+        // Every driver home of every store: the overlay driver resolves links in all of them.
+        let homes: Vec<Arc<NamedDir>> = self
+            .storage
+            .inner
+            .layer_stores
+            .iter()
+            .flat_map(|s| s.homes.iter().cloned())
+            .collect();
+        let mut out = Vec::new();
+        for entry in s.trim().split(':').filter(|e| !e.is_empty()) {
+            let link = entry.strip_prefix("l/").ok_or_else(|| {
+                StorageError::corrupt(
+                    &lower_path,
+                    format!("entry {entry:?} does not start with l/"),
+                )
+            })?;
+            fsutil::check_component(link)
+                .map_err(|m| StorageError::corrupt(&lower_path, format!("entry {entry:?}: {m}")))?;
+            let mut resolved = None;
+            for home in &homes {
+                let l_dir = match fsutil::open_dir(&home.dir, Path::new("l")) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io(home.path.join("l"), e)),
+                };
+                let target = match fsutil::read_link_name(&l_dir, link) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io(home.path.join("l").join(link), e)),
+                };
+                let t = target.to_string_lossy();
+                let id = t
+                    .strip_prefix("../")
+                    .and_then(|r| r.strip_suffix("/diff"))
+                    .filter(|id| fsutil::check_component(id).is_ok())
+                    .ok_or_else(|| {
+                        StorageError::corrupt(
+                            home.path.join("l").join(link),
+                            format!("link target {t:?} is not ../<layer-id>/diff"),
+                        )
+                    })?;
+                let Some((dir, dpath)) = find_layer_dir(&homes, id)? else {
+                    continue;
+                };
+                let diff = fsutil::open_dir_nofollow(&dir, Path::new("diff"))
+                    .map_err(|e| StorageError::io(dpath.join("diff"), e))?;
+                resolved = Some((diff, dpath.join("diff")));
+                break;
+            }
+            out.push(resolved.ok_or_else(|| {
+                StorageError::corrupt(&lower_path, format!("lower link {link} does not resolve"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Path of the tar-split file, for messages.
+    pub(crate) fn tar_split_path(&self) -> PathBuf {
+        self.store()
+            .root
+            .join("overlay-layers")
+            .join(format!("{}.tar-split.gz", self.id()))
+    }
+
+    /// Opens `overlay-layers/<id>.tar-split.gz`; `None` if the layer has none.
+    pub(crate) fn open_tar_split(&self) -> Result<Option<File>> {
+        self.check_id()?;
+        let Some(dir) = &self.store().layers_dir else {
+            return Ok(None);
+        };
+        let name = format!("{}.tar-split.gz", self.id());
+        match fsutil::open_regular(&dir.dir, Path::new(&name), Follow::Yes) {
+            Ok((f, _)) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(self.tar_split_path(), e)),
+        }
+    }
+
+    /// True if the layer has tar-split metadata, so its original tar can be rebuilt exactly.
+    pub fn has_tar_split(&self) -> Result<bool> {
+        Ok(self.open_tar_split()?.is_some())
+    }
+
+    /// Reads a layer big-data item (e.g. `zstd-chunked-manifest`).
+    pub fn read_big_data(&self, key: &str) -> Result<Vec<u8>> {
+        self.check_id()?;
+        let fname = crate::image::big_data_file_name(key)
+            .map_err(|m| StorageError::layer(self.id(), format!("big-data key {key:?}: {m}")))?;
+        let Some(dir) = &self.store().layers_dir else {
+            return Err(StorageError::layer(
+                self.id(),
+                format!("no big-data item {key:?}"),
+            ));
+        };
+        let _g = self.store().lock()?;
+        let rel = Path::new(self.id()).join(&fname);
+        match fsutil::read_file(&dir.dir, &rel, crate::image::MAX_BIG_DATA) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::layer(
+                self.id(),
+                format!("no big-data item {key:?}"),
+            )),
+            Err(e) => Err(StorageError::io(dir.path.join(rel), e)),
+        }
+    }
+}
+
+/// Finds `<home>/<id>` in the first home that has it.
+fn find_layer_dir(homes: &[Arc<NamedDir>], id: &str) -> Result<Option<(Dir, PathBuf)>> {
+    for home in homes {
+        let path = home.path.join(id);
+        match fsutil::open_dir_nofollow(&home.dir, Path::new(id)) {
+            Ok(d) => return Ok(Some((d, path))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StorageError::io(path, e)),
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,351 @@
+//! `cstorage`: read containers-storage (podman/buildah/skopeo/CRI-O) stores.
+
+mod fmt;
+mod views;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use composefs_storage::{Storage, StorageConfig};
+
+use crate::fmt::{human_ago, human_size, short_id, table};
+use crate::views::{ContainerSummary, ImageDetail, ImageSummary, Info, LayerDetail, LayerSummary};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// Read containers-storage (podman, buildah, skopeo, CRI-O) image stores without Go, a daemon,
+/// root or a mount.
+#[derive(Parser, Debug)]
+#[command(name = "cstorage", version, about, max_term_width = 100)]
+struct Cli {
+    /// Graph root of the store (default: from storage.conf, as podman finds it).
+    #[arg(long, global = true, value_name = "PATH")]
+    root: Option<PathBuf>,
+    /// Run root of the store.
+    #[arg(long, global = true, value_name = "PATH")]
+    runroot: Option<PathBuf>,
+    /// Storage driver (only overlay is supported).
+    #[arg(long, global = true, value_name = "DRIVER")]
+    storage_driver: Option<String>,
+    /// Storage driver option, e.g. overlay.imagestore=/path (replaces configured options;
+    /// repeatable).
+    #[arg(long, global = true, value_name = "OPTION")]
+    storage_opt: Vec<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    format: Format,
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the resolved store configuration and counts.
+    Info,
+    /// List images.
+    Images {
+        /// Print only image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Image commands.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// List layers.
+    Layers {
+        /// Print only layer IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Layer commands.
+    #[command(subcommand)]
+    Layer(LayerCommand),
+    /// List containers.
+    Containers {
+        /// Print only container IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Show an image's record, manifest, config and layers as JSON.
+    Inspect {
+        /// Image ID, ID prefix, name, reference or digest.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LayerCommand {
+    /// Show a layer's record and on-disk details as JSON.
+    Inspect {
+        /// Layer ID, ID prefix, name or digest.
+        #[arg(required = true)]
+        layers: Vec<String>,
+    },
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
+}
+
+/// A minimal logger: `cstorage: LEVEL: message` on stderr.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "cstorage: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn open_storage(cli: &Cli) -> Result<Storage> {
+    let mut config = if cli.root.is_some()
+        && cli.runroot.is_none()
+        && std::env::var_os("CONTAINERS_STORAGE_CONF").is_none()
+    {
+        // An explicit root: still take driver options and the like from storage.conf, as
+        // podman does, but do not fail if that configuration is broken.
+        StorageConfig::discover().unwrap_or_else(|e| {
+            log::warn!("ignoring storage configuration: {e}");
+            StorageConfig::default()
+        })
+    } else {
+        StorageConfig::discover()?
+    };
+    if let Some(r) = &cli.root {
+        config.set_graphroot(r);
+    }
+    if let Some(r) = &cli.runroot {
+        config.set_runroot(r);
+    }
+    if let Some(d) = &cli.storage_driver {
+        config.set_driver(d);
+    }
+    if !cli.storage_opt.is_empty() {
+        config.set_driver_options(cli.storage_opt.clone());
+    }
+    Ok(Storage::open_with_config(&config)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let storage = open_storage(&cli)?;
+    match &cli.command {
+        Command::Info => {
+            let info = Info::new(&storage)?;
+            if cli.format == Format::Json {
+                fmt::json(&mut out, &info)?;
+            } else {
+                let v = serde_json::to_value(&info)?;
+                if let serde_json::Value::Object(m) = v {
+                    for (k, v) in m {
+                        let s = match v {
+                            serde_json::Value::Null => "-".to_string(),
+                            serde_json::Value::String(s) => s,
+                            serde_json::Value::Array(a) if a.is_empty() => "-".to_string(),
+                            serde_json::Value::Object(o) if o.is_empty() => "-".to_string(),
+                            other => other.to_string(),
+                        };
+                        writeln!(out, "{k}: {s}")?;
+                    }
+                }
+            }
+        }
+        Command::Images { quiet } => {
+            let images = storage.list_images()?;
+            if *quiet {
+                for i in &images {
+                    writeln!(out, "{}", i.id())?;
+                }
+            } else if cli.format == Format::Json {
+                let v: Vec<ImageSummary> = images.iter().map(ImageSummary::new).collect();
+                fmt::json(&mut out, &v)?;
+            } else {
+                let mut rows = Vec::new();
+                for i in &images {
+                    let created = human_ago(i.created());
+                    let size = human_size(i.size());
+                    let mut named = false;
+                    for n in i.names() {
+                        let (repo, tag) = split_name(n);
+                        rows.push(vec![
+                            repo,
+                            tag,
+                            short_id(i.id()).to_string(),
+                            created.clone(),
+                            size.clone(),
+                        ]);
+                        named = true;
+                    }
+                    if !named {
+                        rows.push(vec![
+                            "<none>".into(),
+                            "<none>".into(),
+                            short_id(i.id()).to_string(),
+                            created,
+                            size,
+                        ]);
+                    }
+                }
+                table(
+                    &mut out,
+                    &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+                    &rows,
+                )?;
+            }
+        }
+        Command::Image(ImageCommand::Inspect { images }) => {
+            let mut v = Vec::new();
+            for q in images {
+                let img = storage.find_image(q)?;
+                v.push(ImageDetail::new(&img)?);
+            }
+            fmt::json(&mut out, &v)?;
+        }
+        Command::Layers { quiet } => {
+            let layers = storage.list_layers()?;
+            if *quiet {
+                for l in &layers {
+                    writeln!(out, "{}", l.id())?;
+                }
+            } else {
+                let users = storage.layer_users()?;
+                let summaries: Vec<LayerSummary> = layers
+                    .iter()
+                    .map(|l| LayerSummary::new(l, users.get(l.id()).cloned().unwrap_or_default()))
+                    .collect();
+                if cli.format == Format::Json {
+                    fmt::json(&mut out, &summaries)?;
+                } else {
+                    let rows: Vec<Vec<String>> = layers
+                        .iter()
+                        .zip(&summaries)
+                        .map(|(l, s)| {
+                            vec![
+                                short_id(l.id()).to_string(),
+                                l.parent_id().map(short_id).unwrap_or("-").to_string(),
+                                s.diff_digest
+                                    .as_deref()
+                                    .map(|d| d.get(..19).unwrap_or(d))
+                                    .unwrap_or("-")
+                                    .to_string(),
+                                s.diff_size.map(human_size).unwrap_or_else(|| "-".into()),
+                                human_ago(l.created()),
+                                s.images.len().to_string(),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &mut out,
+                        &[
+                            "LAYER ID",
+                            "PARENT",
+                            "DIFF DIGEST",
+                            "SIZE",
+                            "CREATED",
+                            "IMAGES",
+                        ],
+                        &rows,
+                    )?;
+                }
+            }
+        }
+        Command::Layer(LayerCommand::Inspect { layers }) => {
+            let mut v = Vec::new();
+            for q in layers {
+                let l = storage.find_layer(q)?;
+                v.push(LayerDetail::new(&l)?);
+            }
+            fmt::json(&mut out, &v)?;
+        }
+        Command::Containers { quiet } => {
+            let ctrs = storage.list_containers()?;
+            if *quiet {
+                for c in &ctrs {
+                    writeln!(out, "{}", c.id)?;
+                }
+            } else if cli.format == Format::Json {
+                let v: Vec<ContainerSummary> = ctrs.iter().map(ContainerSummary::new).collect();
+                fmt::json(&mut out, &v)?;
+            } else {
+                let rows: Vec<Vec<String>> = ctrs
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            short_id(&c.id).to_string(),
+                            c.names.join(","),
+                            c.image.as_deref().map(short_id).unwrap_or("-").to_string(),
+                            c.layer.as_deref().map(short_id).unwrap_or("-").to_string(),
+                            human_ago(c.created_time()),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &["CONTAINER ID", "NAMES", "IMAGE", "LAYER", "CREATED"],
+                    &rows,
+                )?;
+            }
+        }
+    }
+    out.flush().context("writing output")?;
+    Ok(())
+}
+
+/// Splits `repo:tag` / `repo@digest` for the images table.
+fn split_name(n: &str) -> (String, String) {
+    if let Some((repo, d)) = n.split_once('@') {
+        return (repo.to_string(), d.get(..19).unwrap_or(d).to_string());
+    }
+    let slash = n.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match n[slash..].rfind(':') {
+        Some(i) => (n[..slash + i].to_string(), n[slash + i + 1..].to_string()),
+        None => (n.to_string(), "<none>".to_string()),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    log::set_max_level(cli.log_level);
+    let _ = log::set_logger(&LOGGER);
+    if let Err(e) = run(cli) {
+        // A closed pipe (e.g. `cstorage images | head`) is not an error worth a message.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                || c.downcast_ref::<serde_json::Error>()
+                    .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
+        eprintln!("cstorage: error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
