@@ -472,3 +472,22 @@ fn incomplete_layers_are_skipped() {
     assert_eq!(ids.len(), 1);
     assert!(!ids.contains(&"f".repeat(64)));
 }
+
+#[test]
+fn diff_id_mismatch_names_both_digests() {
+    let (store, _l) = private_store();
+    let layers_json = store.root.join("overlay-layers/layers.json");
+    let mut v: Vec<Value> = serde_json::from_slice(&std::fs::read(&layers_json).unwrap()).unwrap();
+    let real = v[0]["diff-digest"].as_str().unwrap().to_string();
+    let fake = format!("sha256:{}", "0".repeat(64));
+    v[0]["diff-digest"] = Value::String(fake.clone());
+    std::fs::write(&layers_json, serde_json::to_vec(&v).unwrap()).unwrap();
+    let s = open(&store, &[]);
+    let img = s.find_image("localhost/one:latest").unwrap();
+    let e = img.layers().unwrap_err();
+    assert!(matches!(e, StorageError::DiffIdMismatch { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&real) && msg.contains(&fake) && msg.contains(img.id()), "{msg}");
+    // The unchecked chain is still available.
+    assert_eq!(img.storage_layers().unwrap().len(), 1);
+}

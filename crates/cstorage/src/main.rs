@@ -1,5 +1,8 @@
 //! `cstorage`: read containers-storage (podman/buildah/skopeo/CRI-O) stores.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod fmt;
 mod views;
 
@@ -154,7 +157,7 @@ fn open_storage(cli: &Cli) -> Result<Storage> {
 
 fn run(cli: Cli) -> Result<()> {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
     let storage = open_storage(&cli)?;
     match &cli.command {
         Command::Info => {
@@ -315,6 +318,8 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     out.flush().context("writing output")?;
+    // The records are about to be freed by the exit; skip the work.
+    std::mem::forget(storage);
     Ok(())
 }
 

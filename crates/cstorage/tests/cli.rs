@@ -1,0 +1,229 @@
+//! The `cstorage` binary against real stores, compared with podman and containers-storage.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use testutil::fixtures::{Standard, standard};
+use testutil::{TestStore, stdout_of};
+
+fn fixture() -> &'static Standard {
+    static F: OnceLock<Standard> = OnceLock::new();
+    F.get_or_init(|| standard(&testutil::fixture_dir(&std::env::temp_dir(), "cst-cli")))
+}
+
+fn cstorage(store: &TestStore) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
+    c.args(store.cstorage_args());
+    // Keep the host's storage.conf out of the tests: an empty one.
+    static EMPTY: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let empty = EMPTY.get_or_init(|| {
+        let p = fixture().store.root.parent().unwrap().join("empty-storage.conf");
+        std::fs::write(&p, "").unwrap();
+        p
+    });
+    c.env("CONTAINERS_STORAGE_CONF", empty);
+    c
+}
+
+fn json_of(c: &mut Command) -> Value {
+    let out = stdout_of(c);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Runs a command expected to fail; returns its stderr.
+fn fails(c: &mut Command) -> String {
+    let out: Output = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{c:?} must exit 1; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn images_json_matches_podman() {
+    let f = fixture();
+    let ours = json_of(cstorage(&f.store).args(["--storage-opt", &f.ais_opt(), "images", "--format", "json"]));
+    let mut pod = f.store.podman();
+    pod.args(["--storage-opt", &f.ais_opt(), "images", "--format", "json"]);
+    let go = json_of(&mut pod);
+    let ids = |v: &Value, key: &str| -> BTreeSet<String> {
+        v.as_array().unwrap().iter().map(|i| i[key].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&ours, "id"), ids(&go, "Id"));
+    for i in ours.as_array().unwrap() {
+        let g = go.as_array().unwrap().iter().find(|g| g["Id"] == i["id"]).unwrap();
+        assert_eq!(i["size"], g["Size"], "{}", i["id"]);
+        let names: BTreeSet<&str> = i["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        let gnames: BTreeSet<&str> = g["Names"].as_array().map(|a| a.iter().map(|n| n.as_str().unwrap()).collect()).unwrap_or_default();
+        assert_eq!(names, gnames);
+        assert_eq!(i["digest"], g["Digest"]);
+    }
+    // The table has a row per name plus the header.
+    let table = stdout_of(cstorage(&f.store).args(["--storage-opt", &f.ais_opt(), "images"]));
+    let names: usize = ours.as_array().unwrap().iter().map(|i| i["names"].as_array().unwrap().len().max(1)).sum();
+    assert_eq!(table.lines().count(), names + 1, "{table}");
+    assert!(table.starts_with("REPOSITORY"));
+    // -q prints IDs.
+    let q = stdout_of(cstorage(&f.store).args(["images", "-q"]));
+    let primary = f.store.go_images().len();
+    assert_eq!(q.lines().count(), primary, "primary store only: {q}");
+    assert_eq!(ours.as_array().unwrap().len(), primary + 1, "plus ais-only");
+}
+
+#[test]
+fn image_inspect_has_record_manifest_config_layers() {
+    let f = fixture();
+    let v = json_of(cstorage(&f.store).args(["image", "inspect", "app1", "dockerimg"]));
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 2);
+    let app1 = &arr[0];
+    let built = &f.built["localhost/app1:latest"];
+    assert_eq!(app1["config_digest"].as_str().unwrap(), built.config_digest);
+    assert_eq!(app1["manifest_digest"].as_str().unwrap(), built.manifest_digest);
+    assert_eq!(app1["manifest_type"], "application/vnd.oci.image.manifest.v1+json");
+    let diff_ids: Vec<&str> = app1["layers"].as_array().unwrap().iter().map(|l| l["diff_id"].as_str().unwrap()).collect();
+    assert_eq!(diff_ids, built.diff_ids);
+    assert_eq!(app1["config"]["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(app1["names"][0], "localhost/app1:latest");
+    assert!(app1["record"]["big-data-names"].is_array());
+    assert_eq!(arr[1]["manifest_type"], "application/vnd.docker.distribution.manifest.v2+json");
+    // Against containers-storage's view of the same image record.
+    let go = json_of(f.store.cs().args(["image", "-j", app1["id"].as_str().unwrap()]));
+    assert_eq!(go[0]["id"], app1["id"]);
+    assert_eq!(go[0]["layer"], app1["top_layer"]);
+    assert_eq!(go[0], app1["record"]);
+}
+
+#[test]
+fn layers_match_containers_storage() {
+    let f = fixture();
+    let ours = json_of(cstorage(&f.store).args(["layers", "--format", "json"]));
+    let go = f.store.go_layers();
+    let ids = |v: &[Value]| -> BTreeSet<String> { v.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect() };
+    assert_eq!(ids(ours.as_array().unwrap()), ids(&go));
+    for l in ours.as_array().unwrap() {
+        let g = go.iter().find(|g| g["id"] == l["id"]).unwrap();
+        assert_eq!(l["diff_digest"], g["diff-digest"]);
+        assert_eq!(l["diff_size"], g["diff-size"]);
+        assert_eq!(l["compressed_digest"], g["compressed-diff-digest"]);
+        assert_eq!(l["parent"], g.get("parent").cloned().unwrap_or(Value::Null));
+    }
+    // Inspect by diff digest.
+    let first = &ours[0];
+    let v = json_of(cstorage(&f.store).args(["layer", "inspect", first["diff_digest"].as_str().unwrap()]));
+    assert_eq!(v[0]["id"], first["id"]);
+    assert_eq!(v[0]["has_tar_split"], true);
+    assert_eq!(v[0]["link_id"].as_str().unwrap().len(), 26);
+    let table = stdout_of(cstorage(&f.store).arg("layers"));
+    assert_eq!(table.lines().count(), go.len() + 1);
+}
+
+#[test]
+fn containers_are_listed() {
+    let (store, id) = store_with_container();
+    let v = json_of(cstorage(&store).args(["containers", "--format", "json"]));
+    let go = json_of(store.cs().args(["containers", "-j"]));
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["id"], go[0]["id"]);
+    assert_eq!(v[0]["image"].as_str().unwrap(), id);
+    assert_eq!(v[0]["layer"], go[0]["layer"]);
+    // The container's layer is listed, without tar-split.
+    let l = json_of(cstorage(&store).args(["layer", "inspect", v[0]["layer"].as_str().unwrap()]));
+    assert_eq!(l[0]["has_tar_split"], false);
+    assert!(stdout_of(cstorage(&store).arg("containers")).starts_with("CONTAINER ID"));
+}
+
+fn store_with_container() -> (TestStore, String) {
+    let f = fixture();
+    let store = TestStore::new();
+    let l = testutil::OciLayout::create(&store.root.parent().unwrap().join("l"));
+    drop(l);
+    store.copy_in(&format!("oci:{}:base", f.layout.display()), "localhost/base:latest", &[]);
+    let id = stdout_of(store.cs().args(["images", "-q"])).trim().to_string();
+    stdout_of(store.cs().args(["create-container", &id]));
+    (store, id)
+}
+
+#[test]
+fn info_follows_storage_conf_like_podman() {
+    let f = fixture();
+    let store = TestStore::new();
+    store.copy_in(&format!("oci:{}:base", f.layout.display()), "localhost/base:latest", &[]);
+    let conf = store.root.parent().unwrap().join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\nadditionalimagestores = [\"{}\"]\n[storage.options.overlay]\nskip_mount_home = \"true\"\nmountopt = \"nodev\"\n",
+            store.root.display(),
+            store.runroot.display(),
+            f.ais.root.display()
+        ),
+    )
+    .unwrap();
+    let ours = json_of(
+        Command::new(env!("CARGO_BIN_EXE_cstorage"))
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(["info", "--format", "json"]),
+    );
+    let go = json_of(
+        Command::new("podman")
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(["--cgroup-manager=cgroupfs", "--events-backend=none", "info", "--format", "json"]),
+    );
+    let gs = &go["store"];
+    assert_eq!(ours["graphroot"], gs["graphRoot"]);
+    assert_eq!(ours["runroot"], gs["runRoot"]);
+    assert_eq!(ours["driver"], gs["graphDriverName"]);
+    assert_eq!(ours["config_file"], gs["configFile"]);
+    // podman counts the images of the primary and additional stores, an image present in
+    // both twice; cstorage lists such an image once (the primary copy wins).
+    assert_eq!(gs["imageStore"]["number"], 3);
+    let podman_images = json_of(
+        Command::new("podman")
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(["--cgroup-manager=cgroupfs", "--events-backend=none", "images", "--format", "json"]),
+    );
+    let unique: BTreeSet<&str> = podman_images.as_array().unwrap().iter().map(|i| i["Id"].as_str().unwrap()).collect();
+    assert_eq!(ours["images"], unique.len());
+    assert_eq!(ours["additional_image_stores"][0].as_str().unwrap(), f.ais.root.display().to_string());
+    let opts: BTreeSet<String> = ours["driver_options"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+    for (k, v) in gs["graphOptions"].as_object().unwrap() {
+        assert!(opts.contains(&format!("{k}={}", v.as_str().unwrap())), "{k}={v} in {opts:?}");
+    }
+    // `images` with no flags at all uses the same configuration.
+    let listed = json_of(
+        Command::new(env!("CARGO_BIN_EXE_cstorage"))
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(["images", "--format", "json"]),
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 2, "base (primary) + ais-only (additional)");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let f = fixture();
+    let e = fails(Command::new(env!("CARGO_BIN_EXE_cstorage")).args(["--root", "/nonexistent/store", "images"]));
+    assert!(e.contains("/nonexistent/store"), "{e}");
+    let e = fails(cstorage(&f.store).args(["image", "inspect", "no-such-image"]));
+    assert!(e.contains("image not known: no-such-image"), "{e}");
+    let e = fails(cstorage(&f.store).args(["layer", "inspect", "no-such-layer"]));
+    assert!(e.contains("layer not known"), "{e}");
+    let e = fails(cstorage(&f.store).args(["--storage-driver", "vfs", "images"]));
+    assert!(e.contains("vfs") && e.contains("overlay"), "{e}");
+    let conf = f.store.root.parent().unwrap().join("broken.conf");
+    std::fs::write(&conf, "[storage\n").unwrap();
+    let e = fails(Command::new(env!("CARGO_BIN_EXE_cstorage")).env("CONTAINERS_STORAGE_CONF", &conf).arg("images"));
+    assert!(e.contains("broken.conf"), "{e}");
+    // A corrupt images.json names the file.
+    let store = TestStore::new();
+    store.copy_in(&format!("oci:{}:base", f.layout.display()), "localhost/base:latest", &[]);
+    let images_json = store.root.join("overlay-images/images.json");
+    std::fs::write(&images_json, "{not json").unwrap();
+    let e = fails(cstorage(&store).arg("images"));
+    assert!(e.contains(&images_json.display().to_string()), "{e}");
+    assert!(Path::new(&images_json).exists());
+}
