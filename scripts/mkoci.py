@@ -38,7 +38,8 @@ def main():
     layers, diff_ids = [], []
     for d in a.dirs:
         tar = subprocess.run(["tar", "-C", d, "--sort=name", "--mtime=@1700000000", "--format=posix",
-                              "--numeric-owner", "-cf", "-", "."], check=True, stdout=subprocess.PIPE).stdout
+                              "--numeric-owner", "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+                              "-cf", "-", "."], check=True, stdout=subprocess.PIPE).stdout
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
         if a.plain:
             blob, mt = tar, "application/vnd.oci.image.layer.v1.tar"
