@@ -175,6 +175,31 @@ pub(crate) fn check_component(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Lists the extended attributes of an open file (names and values), with `ENOTSUP` meaning
+/// none. Values are read into a bounded buffer (64 KiB, the kernel's limit).
+pub(crate) fn fd_xattrs(fd: impl AsFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut names = vec![0u8; 64 << 10];
+    let n = match rustix::fs::flistxattr(fd.as_fd(), &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    let mut value = vec![0u8; 64 << 10];
+    for name in names[..n].split(|&c| c == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::CStr::from_bytes_with_nul(&[name, &[0]].concat())
+            .map(|c| c.to_owned())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "xattr name with a NUL"))?;
+        match rustix::fs::fgetxattr(fd.as_fd(), cname.as_c_str(), &mut value[..]) {
+            Ok(k) => out.push((name.to_vec(), value[..k].to_vec())),
+            // Removed meanwhile, or not readable by us (e.g. trusted.* as non-root).
+            Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,10 @@ impl Layer {
         &self.storage.inner.layer_stores[self.store]
     }
 
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// The layer ID.
     pub fn id(&self) -> &str {
         &self.meta.id
@@ -391,6 +395,21 @@ impl Layer {
             })?);
         }
         Ok(out)
+    }
+
+    /// Takes the layer store's shared locks and checks, with them held, that the layer is
+    /// still in the store (reloading the records if a writer changed them).
+    pub(crate) fn lock_and_check(&self) -> Result<Vec<crate::lock::SharedLock>> {
+        let store = self.store();
+        let locks = store.lock()?;
+        let idx = store.refresh()?;
+        if idx.get(self.id()).is_none() {
+            return Err(StorageError::Changed {
+                what: format!("layer {}", self.id()),
+                message: "it was removed from the store".into(),
+            });
+        }
+        Ok(locks)
     }
 
     /// Path of the tar-split file, for messages.

@@ -65,14 +65,18 @@
 
 pub mod config;
 pub mod error;
+pub mod export;
 mod fsutil;
 pub mod image;
 pub mod layer;
 mod lock;
 pub mod manifest;
+mod native_diff;
 mod records;
 pub mod reference;
 pub mod storage;
+pub mod tar_header;
+pub mod tar_split;
 pub mod userns;
 
 pub use config::{AdditionalLayerStore, StorageConfig};
@@ -80,7 +84,9 @@ pub use error::{Result, StorageError};
 pub use image::Image;
 pub use layer::Layer;
 pub use records::{ContainerMetadata, IdMapping, ImageMetadata};
+pub use export::{ExportOptions, ExportReport, Verify};
 pub use storage::{LayerMetadata, ReadGuard, Storage};
+pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};
 pub use userns::can_bypass_file_permissions;
 
 pub use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageManifest};

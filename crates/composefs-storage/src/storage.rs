@@ -122,7 +122,7 @@ impl LayerStore {
     }
 
     /// Must be called with the store's locks held.
-    fn refresh(&self) -> Result<Arc<LayerIndex>> {
+    pub(crate) fn refresh(&self) -> Result<Arc<LayerIndex>> {
         let token = match self.locks.first() {
             Some(l) => l.token()?,
             None => None,

@@ -3,7 +3,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod export;
 mod fmt;
+mod ls;
 mod views;
 
 use std::io::Write;
@@ -97,6 +99,34 @@ enum LayerCommand {
         /// Layer ID, ID prefix, name or digest.
         #[arg(required = true)]
         layers: Vec<String>,
+    },
+    /// Write a layer's tar, rebuilt bit for bit from its tar-split, to a file or stdout.
+    Export {
+        /// Layer ID, ID prefix, name or digest; with --image, its index in the image
+        /// (0 = base layer).
+        layer: String,
+        /// Take LAYER as an index into this image's layers.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Output file (written under a temporary name and renamed when complete and
+        /// verified); standard output if absent.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// What to verify: none, crc (each file's size and CRC-64), digest (also the sha256
+        /// of the whole tar against the layer's diff-digest).
+        #[arg(long, default_value = "crc", value_name = "MODE")]
+        verify: composefs_storage::Verify,
+    },
+    /// List a layer's tar entries from its tar-split metadata (no file is opened).
+    Ls {
+        /// Layer ID, ID prefix, name or digest; with --image, its index in the image.
+        layer: String,
+        /// Take LAYER as an index into this image's layers.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Long listing: type and mode, owner, size, time, name, link target.
+        #[arg(short, long)]
+        long: bool,
     },
 }
 
@@ -279,6 +309,19 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Layer(LayerCommand::Export {
+            layer,
+            image,
+            output,
+            verify,
+        }) => {
+            let l = resolve_layer(&storage, layer, image.as_deref())?;
+            export::layer(&l, output.as_deref(), *verify)?;
+        }
+        Command::Layer(LayerCommand::Ls { layer, image, long }) => {
+            let l = resolve_layer(&storage, layer, image.as_deref())?;
+            ls::layer(&l, &mut out, *long, cli.format == Format::Json)?;
+        }
         Command::Layer(LayerCommand::Inspect { layers }) => {
             let mut v = Vec::new();
             for q in layers {
@@ -321,6 +364,28 @@ fn run(cli: Cli) -> Result<()> {
     // The records are about to be freed by the exit; skip the work.
     std::mem::forget(storage);
     Ok(())
+}
+
+/// A layer named directly, or by its index in an image.
+fn resolve_layer(storage: &Storage, layer: &str, image: Option<&str>) -> Result<composefs_storage::Layer> {
+    let Some(image) = image else {
+        return Ok(storage.find_layer(layer)?);
+    };
+    let img = storage.find_image(image)?;
+    let layers = img.layers()?;
+    if let Ok(i) = layer.parse::<usize>() {
+        return layers.get(i).cloned().ok_or_else(|| {
+            anyhow::anyhow!("image {} has {} layers; there is no layer {i}", img.id(), layers.len())
+        });
+    }
+    let l = storage.find_layer(layer)?;
+    anyhow::ensure!(
+        layers.iter().any(|x| x.id() == l.id()),
+        "layer {} is not a layer of image {}",
+        l.id(),
+        img.id()
+    );
+    Ok(l)
 }
 
 /// Splits `repo:tag` / `repo@digest` for the images table.

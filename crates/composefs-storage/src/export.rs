@@ -1,0 +1,527 @@
+//! Rebuilding a layer's tar: bit for bit from its tar-split, verified, with zero-copy file
+//! content where the output allows it.
+//!
+//! For each tar-split entry: segments are written as they are; a file's content is read from
+//! the layer (see `FileGetter`), checked to have exactly the recorded size and (by default)
+//! the recorded CRC-64/GO-ISO, and written. With [`Verify::Digest`] the sha256 of the whole
+//! stream is also compared with the layer's `diff-digest`.
+//!
+//! Verification reads every byte into memory once (into the output buffer, then CRC and
+//! sha256 run over it while it is in cache, then it is written), so the bytes checked are
+//! the bytes written. With [`Verify::None`], large files move from the page cache to the
+//! output without passing through user space: `copy_file_range(2)` to regular files,
+//! `splice(2)` to pipes, `sendfile(2)` to anything else.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Result, StorageError};
+use crate::layer::Layer;
+use crate::manifest::hex_digest;
+use crate::tar_split::{FileGetter, LayerEntries, Raw, TarSplitReader, gz_reader, open_locked};
+
+/// Size of the output buffer (file content is read straight into it).
+const BUF: usize = 256 << 10;
+/// Files at least this large are moved with zero-copy syscalls when nothing is verified.
+const ZERO_COPY_MIN: u64 = 128 << 10;
+
+/// How much of a layer export is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Nothing beyond each file's size; file content may be moved with zero-copy syscalls.
+    None,
+    /// Each file's exact size and CRC-64 against the tar-split record, as tar-split does, and
+    /// the total size against `diff-size`.
+    #[default]
+    Crc,
+    /// As `Crc`, and the sha256 of the whole stream against the layer's DiffID.
+    Digest,
+}
+
+impl std::str::FromStr for Verify {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Verify::None),
+            "crc" => Ok(Verify::Crc),
+            "digest" => Ok(Verify::Digest),
+            o => Err(format!("{o:?} is not one of none, crc, digest")),
+        }
+    }
+}
+
+/// A callback receiving the number of bytes written so far.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Options of a layer export.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    /// What to verify.
+    pub verify: Verify,
+    /// Called with the running byte count after each buffer written.
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("verify", &self.verify)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl ExportOptions {
+    /// Options with the given verification.
+    pub fn new(verify: Verify) -> Self {
+        ExportOptions {
+            verify,
+            progress: None,
+        }
+    }
+
+    /// Adds a progress callback.
+    pub fn with_progress(mut self, p: Progress) -> Self {
+        self.progress = Some(p);
+        self
+    }
+}
+
+/// What an export produced.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ExportReport {
+    /// The layer ID.
+    pub layer: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Files whose content was copied.
+    pub files: u64,
+    /// The sha256 of the stream, when it was computed ([`Verify::Digest`]).
+    pub digest: Option<Digest>,
+    /// True if the tar was rebuilt from tar-split (byte-identical to the original layer);
+    /// false if it was generated from the `diff` directory because the layer has no
+    /// tar-split (container layers): then its digest matches no original.
+    pub reproducible: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FdKind {
+    File,
+    Pipe,
+    Other,
+}
+
+enum Target<'a> {
+    Write(&'a mut dyn Write),
+    Fd(BorrowedFd<'a>, FdKind),
+}
+
+/// The output: a buffer in front of a writer or a file descriptor, hashing what passes.
+struct Out<'a> {
+    target: Target<'a>,
+    name: PathBuf,
+    buf: Vec<u8>,
+    len: usize,
+    written: u64,
+    sha: Option<Sha256>,
+    progress: Option<Progress>,
+    zero_copy_ok: bool,
+}
+
+fn write_fd(fd: BorrowedFd<'_>, mut b: &[u8]) -> std::io::Result<()> {
+    while !b.is_empty() {
+        match rustix::io::write(fd, b) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => b = &b[n..],
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+impl<'a> Out<'a> {
+    fn new(target: Target<'a>, name: PathBuf, digest: bool, progress: Option<Progress>) -> Self {
+        Out {
+            target,
+            name,
+            buf: vec![0u8; BUF],
+            len: 0,
+            written: 0,
+            sha: digest.then(Sha256::new),
+            progress,
+            zero_copy_ok: true,
+        }
+    }
+
+    fn io_err(&self, e: std::io::Error) -> StorageError {
+        StorageError::io(&self.name, e)
+    }
+
+    fn flush_buf(&mut self) -> Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let r = match &mut self.target {
+            Target::Write(w) => w.write_all(&self.buf[..self.len]),
+            Target::Fd(fd, _) => write_fd(*fd, &self.buf[..self.len]),
+        };
+        r.map_err(|e| self.io_err(e))?;
+        self.len = 0;
+        if let Some(p) = &self.progress {
+            p(self.written);
+        }
+        Ok(())
+    }
+
+    /// Appends bytes (hashing them).
+    fn put(&mut self, mut b: &[u8]) -> Result<()> {
+        if let Some(s) = &mut self.sha {
+            s.update(b);
+        }
+        self.written += b.len() as u64;
+        while !b.is_empty() {
+            if self.len == self.buf.len() {
+                self.flush_buf()?;
+            }
+            let k = (self.buf.len() - self.len).min(b.len());
+            self.buf[self.len..self.len + k].copy_from_slice(&b[..k]);
+            self.len += k;
+            b = &b[k..];
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `size` bytes of `file` into the buffer, CRCing and hashing them as they
+    /// arrive. `Err(Ok(n))`-style short reads are reported through `short`.
+    fn copy_file(
+        &mut self,
+        file: &File,
+        size: u64,
+        mut crc: Option<&mut crc_fast::Digest>,
+    ) -> std::result::Result<(), CopyError> {
+        let mut left = size;
+        while left > 0 {
+            if self.len == self.buf.len() {
+                self.flush_buf().map_err(CopyError::Out)?;
+            }
+            let want = ((self.buf.len() - self.len) as u64).min(left) as usize;
+            let dst = &mut self.buf[self.len..self.len + want];
+            let n = match rustix::io::read(file, &mut *dst) {
+                Ok(0) => return Err(CopyError::Short(size - left)),
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(CopyError::Read(e.into())),
+            };
+            let chunk = &dst[..n];
+            if let Some(c) = crc.as_deref_mut() {
+                c.update(chunk);
+            }
+            if let Some(s) = &mut self.sha {
+                s.update(chunk);
+            }
+            self.len += n;
+            self.written += n as u64;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Moves `size` bytes of `file` to an fd target without copying them through user space.
+    /// Returns false (having moved nothing) if the target or the kernel does not allow it.
+    fn zero_copy(&mut self, file: &File, size: u64) -> std::result::Result<bool, CopyError> {
+        let (fd, kind) = match &self.target {
+            Target::Fd(fd, k) if self.zero_copy_ok && self.sha.is_none() => (*fd, *k),
+            _ => return Ok(false),
+        };
+        self.flush_buf().map_err(CopyError::Out)?;
+        let mut off: u64 = 0;
+        while off < size {
+            let want = (size - off).min(1 << 30) as usize;
+            let r = match kind {
+                FdKind::File => rustix::fs::copy_file_range(file, Some(&mut off), fd, None, want),
+                FdKind::Pipe => rustix::pipe::splice(
+                    file,
+                    Some(&mut off),
+                    fd,
+                    None,
+                    want,
+                    rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::MORE,
+                ),
+                FdKind::Other => rustix::fs::sendfile(fd, file, Some(&mut off), want),
+            };
+            match r {
+                Ok(0) => return Err(CopyError::Short(off)),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+                Err(
+                    e @ (rustix::io::Errno::XDEV
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP),
+                ) if off == 0 => {
+                    log::debug!("zero-copy to {} not possible ({e}); copying", self.name.display());
+                    self.zero_copy_ok = false;
+                    return Ok(false);
+                }
+                Err(e) => return Err(CopyError::Out(self.io_err(e.into()))),
+            }
+        }
+        self.written += size;
+        if let Some(p) = &self.progress {
+            p(self.written);
+        }
+        Ok(true)
+    }
+
+    fn finish(mut self) -> Result<(u64, Option<Digest>)> {
+        self.flush_buf()?;
+        if let Target::Write(w) = &mut self.target {
+            w.flush().map_err(|e| StorageError::io(&self.name, e))?;
+        }
+        let digest = self.sha.take().map(|s| hex_digest(&s.finalize()));
+        Ok((self.written, digest))
+    }
+}
+
+enum CopyError {
+    /// The file ended after this many bytes.
+    Short(u64),
+    Read(std::io::Error),
+    Out(StorageError),
+}
+
+fn fd_kind(fd: BorrowedFd<'_>) -> FdKind {
+    match rustix::fs::fstat(fd) {
+        Ok(st) => match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::RegularFile => FdKind::File,
+            rustix::fs::FileType::Fifo => FdKind::Pipe,
+            _ => FdKind::Other,
+        },
+        Err(_) => FdKind::Other,
+    }
+}
+
+impl Layer {
+    /// The headers of the layer's tar members, from its tar-split alone (no content file is
+    /// opened). Fails if the layer has no tar-split.
+    pub fn entries(&self) -> Result<LayerEntries> {
+        LayerEntries::new(self)
+    }
+
+    /// Writes the layer's tar to `out`.
+    pub fn export(&self, out: &mut dyn Write, opts: &ExportOptions) -> Result<ExportReport> {
+        self.export_to(Target::Write(out), PathBuf::from("output"), opts)
+    }
+
+    /// Writes the layer's tar to the file descriptor `fd` (a file, pipe or socket), using
+    /// zero-copy syscalls for file content when nothing has to be verified. The descriptor's
+    /// offset advances; it is not closed.
+    pub fn export_to_fd(&self, fd: BorrowedFd<'_>, name: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+        let kind = fd_kind(fd);
+        if kind == FdKind::Pipe {
+            // Fewer wake-ups with a larger pipe (best effort; the kernel may cap it).
+            let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
+        }
+        self.export_to(Target::Fd(fd, kind), name.to_owned(), opts)
+    }
+
+    /// Writes the layer's tar to the file `path`: to a temporary file in the same directory,
+    /// renamed into place only when the export succeeded (and verified). On any error the
+    /// temporary file is removed and `path` is left as it was.
+    pub fn export_to_path(&self, path: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = path
+            .file_name()
+            .ok_or_else(|| StorageError::InvalidArgument(format!("{} is not a file name", path.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{:x}",
+            base.to_string_lossy(),
+            std::process::id(),
+            rand_u64()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io(&tmp, e))?;
+        let r = self.export_to_fd(file.as_fd(), path, opts);
+        match r {
+            Ok(rep) => {
+                drop(file);
+                std::fs::rename(&tmp, path).map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    StorageError::io(path, e)
+                })?;
+                Ok(rep)
+            }
+            Err(e) => {
+                drop(file);
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn export_to(&self, target: Target<'_>, name: PathBuf, opts: &ExportOptions) -> Result<ExportReport> {
+        let (locks, tar_split) = open_locked(self)?;
+        let Some(tar_split) = tar_split else {
+            drop(locks);
+            if opts.verify == Verify::Digest {
+                return Err(StorageError::layer(
+                    self.id(),
+                    "has no tar-split, so its original tar cannot be rebuilt and verified against a digest",
+                ));
+            }
+            return crate::native_diff::generate(self, target_writer(target), &name, opts);
+        };
+        let expected = match opts.verify {
+            Verify::Digest => Some(self.diff_id().ok_or_else(|| {
+                StorageError::layer(self.id(), "has no diff-digest to verify against")
+            })?),
+            _ => None,
+        };
+        let mut out = Out::new(target, name, expected.is_some(), opts.progress.clone());
+        let mut reader = TarSplitReader::new(gz_reader(tar_split), self.id());
+        let mut getter = FileGetter::new(self)?;
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
+        let mut files = 0u64;
+        let verify_crc = opts.verify != Verify::None;
+        loop {
+            let entry = reader.next_raw()?;
+            match entry {
+                None => break,
+                Some(Raw::Segment(b)) => out.put(b)?,
+                Some(Raw::File { size: 0, .. }) => {}
+                Some(Raw::File { name, size, crc: want }) => {
+                    let (file, on_disk) = getter.open(name)?;
+                    let integrity = |m: String| StorageError::Integrity {
+                        layer: self.id().to_string(),
+                        file: String::from_utf8_lossy(name).into_owned(),
+                        message: m,
+                    };
+                    if on_disk != size {
+                        return Err(integrity(format!(
+                            "file is {on_disk} bytes on disk, but the tar records {size} bytes"
+                        )));
+                    }
+                    files += 1;
+                    let moved = if !verify_crc && size >= ZERO_COPY_MIN {
+                        out.zero_copy(&file, size)
+                    } else {
+                        Ok(false)
+                    };
+                    let r = match moved {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            if verify_crc {
+                                crc.reset();
+                                out.copy_file(&file, size, Some(&mut crc))
+                            } else {
+                                out.copy_file(&file, size, None)
+                            }
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(()) => {}
+                        Err(CopyError::Short(n)) => {
+                            return Err(integrity(format!("file ended after {n} of its {size} bytes")));
+                        }
+                        Err(CopyError::Read(e)) => return Err(integrity(format!("reading: {e}"))),
+                        Err(CopyError::Out(e)) => return Err(e),
+                    }
+                    if verify_crc {
+                        let got = crc.finalize();
+                        match want {
+                            Some(w) if w == got => {}
+                            Some(w) => {
+                                return Err(integrity(format!(
+                                    "CRC-64 is {got:016x}, but tar-split records {w:016x} (the file's content changed)"
+                                )));
+                            }
+                            None => return Err(integrity("tar-split records no checksum for it".into())),
+                        }
+                    }
+                }
+            }
+        }
+        let (bytes, digest) = out.finish()?;
+        drop(locks);
+        if opts.verify != Verify::None {
+            if let Some(expected_size) = self.diff_size() {
+                if expected_size != bytes {
+                    return Err(StorageError::layer(
+                        self.id(),
+                        format!("rebuilt tar is {bytes} bytes, but the store records diff-size {expected_size}"),
+                    ));
+                }
+            }
+        }
+        if let (Some(exp), Some(got)) = (&expected, &digest) {
+            if exp != got {
+                return Err(StorageError::DigestMismatch {
+                    layer: self.id().to_string(),
+                    expected: exp.to_string(),
+                    found: got.to_string(),
+                });
+            }
+        }
+        Ok(ExportReport {
+            layer: self.id().to_string(),
+            bytes,
+            files,
+            digest,
+            reproducible: true,
+        })
+    }
+}
+
+/// A `Write` over an export target, for the generated-tar path.
+pub(crate) enum TargetWriter<'a> {
+    Write(&'a mut dyn Write),
+    Fd(BorrowedFd<'a>),
+}
+
+impl Write for TargetWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            TargetWriter::Write(w) => w.write(buf),
+            TargetWriter::Fd(fd) => loop {
+                match rustix::io::write(*fd, buf) {
+                    Ok(n) => return Ok(n),
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            TargetWriter::Write(w) => w.flush(),
+            TargetWriter::Fd(_) => Ok(()),
+        }
+    }
+}
+
+fn target_writer(t: Target<'_>) -> TargetWriter<'_> {
+    match t {
+        Target::Write(w) => TargetWriter::Write(w),
+        Target::Fd(fd, _) => TargetWriter::Fd(fd),
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
