@@ -268,7 +268,10 @@ impl<'a> Out<'a> {
                     | rustix::io::Errno::NOSYS
                     | rustix::io::Errno::OPNOTSUPP),
                 ) if off == 0 => {
-                    log::debug!("zero-copy to {} not possible ({e}); copying", self.name.display());
+                    log::debug!(
+                        "zero-copy to {} not possible ({e}); copying",
+                        self.name.display()
+                    );
                     self.zero_copy_ok = false;
                     return Ok(false);
                 }
@@ -325,7 +328,12 @@ impl Layer {
     /// Writes the layer's tar to the file descriptor `fd` (a file, pipe or socket), using
     /// zero-copy syscalls for file content when nothing has to be verified. The descriptor's
     /// offset advances; it is not closed.
-    pub fn export_to_fd(&self, fd: BorrowedFd<'_>, name: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    pub fn export_to_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: &Path,
+        opts: &ExportOptions,
+    ) -> Result<ExportReport> {
         let kind = fd_kind(fd);
         if kind == FdKind::Pipe {
             // Fewer wake-ups with a larger pipe (best effort; the kernel may cap it).
@@ -338,10 +346,13 @@ impl Layer {
     /// renamed into place only when the export succeeded (and verified). On any error the
     /// temporary file is removed and `path` is left as it was.
     pub fn export_to_path(&self, path: &Path, opts: &ExportOptions) -> Result<ExportReport> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let base = path
-            .file_name()
-            .ok_or_else(|| StorageError::InvalidArgument(format!("{} is not a file name", path.display())))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = path.file_name().ok_or_else(|| {
+            StorageError::InvalidArgument(format!("{} is not a file name", path.display()))
+        })?;
         let tmp = dir.join(format!(
             ".{}.tmp-{}-{:x}",
             base.to_string_lossy(),
@@ -352,7 +363,13 @@ impl Layer {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| StorageError::io(&tmp, e))?;
+            .map_err(|e| StorageError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create a temporary file in {}: {e}", dir.display()),
+                ),
+            })?;
         let r = self.export_to_fd(file.as_fd(), path, opts);
         match r {
             Ok(rep) => {
@@ -371,7 +388,12 @@ impl Layer {
         }
     }
 
-    fn export_to(&self, target: Target<'_>, name: PathBuf, opts: &ExportOptions) -> Result<ExportReport> {
+    fn export_to(
+        &self,
+        target: Target<'_>,
+        name: PathBuf,
+        opts: &ExportOptions,
+    ) -> Result<ExportReport> {
         let (locks, tar_split) = open_locked(self)?;
         let Some(tar_split) = tar_split else {
             drop(locks);
@@ -401,7 +423,11 @@ impl Layer {
                 None => break,
                 Some(Raw::Segment(b)) => out.put(b)?,
                 Some(Raw::File { size: 0, .. }) => {}
-                Some(Raw::File { name, size, crc: want }) => {
+                Some(Raw::File {
+                    name,
+                    size,
+                    crc: want,
+                }) => {
                     let (file, on_disk) = getter.open(name)?;
                     let integrity = |m: String| StorageError::Integrity {
                         layer: self.id().to_string(),
@@ -434,7 +460,9 @@ impl Layer {
                     match r {
                         Ok(()) => {}
                         Err(CopyError::Short(n)) => {
-                            return Err(integrity(format!("file ended after {n} of its {size} bytes")));
+                            return Err(integrity(format!(
+                                "file ended after {n} of its {size} bytes"
+                            )));
                         }
                         Err(CopyError::Read(e)) => return Err(integrity(format!("reading: {e}"))),
                         Err(CopyError::Out(e)) => return Err(e),
@@ -448,7 +476,11 @@ impl Layer {
                                     "CRC-64 is {got:016x}, but tar-split records {w:016x} (the file's content changed)"
                                 )));
                             }
-                            None => return Err(integrity("tar-split records no checksum for it".into())),
+                            None => {
+                                return Err(integrity(
+                                    "tar-split records no checksum for it".into(),
+                                ));
+                            }
                         }
                     }
                 }
@@ -461,7 +493,9 @@ impl Layer {
                 if expected_size != bytes {
                     return Err(StorageError::layer(
                         self.id(),
-                        format!("rebuilt tar is {bytes} bytes, but the store records diff-size {expected_size}"),
+                        format!(
+                            "rebuilt tar is {bytes} bytes, but the store records diff-size {expected_size}"
+                        ),
                     ));
                 }
             }
@@ -522,6 +556,11 @@ fn target_writer(t: Target<'_>) -> TargetWriter<'_> {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }

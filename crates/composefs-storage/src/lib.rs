@@ -81,10 +81,10 @@ pub mod userns;
 
 pub use config::{AdditionalLayerStore, StorageConfig};
 pub use error::{Result, StorageError};
+pub use export::{ExportOptions, ExportReport, Verify};
 pub use image::Image;
 pub use layer::Layer;
 pub use records::{ContainerMetadata, IdMapping, ImageMetadata};
-pub use export::{ExportOptions, ExportReport, Verify};
 pub use storage::{LayerMetadata, ReadGuard, Storage};
 pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};
 pub use userns::can_bypass_file_permissions;

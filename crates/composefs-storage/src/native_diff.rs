@@ -87,7 +87,9 @@ impl<W: Write> Gen<'_, W> {
 
     fn emit(&mut self, h: &TarHeader) -> Result<()> {
         let b = h.to_bytes();
-        self.out.write_all(&b).map_err(|e| StorageError::io("output", e))?;
+        self.out
+            .write_all(&b)
+            .map_err(|e| StorageError::io("output", e))?;
         self.written += b.len() as u64;
         Ok(())
     }
@@ -137,7 +139,8 @@ impl<W: Write> Gen<'_, W> {
                 continue;
             }
             let mut h = TarHeader::new(path.clone(), EntryType::Regular);
-            h.mode = st.st_mode & 0o7777;
+            // c/storage's FileInfoHeader keeps the file type bits in the mode field.
+            h.mode = st.st_mode & 0o177777;
             h.mtime = st.st_mtime;
             let is_wh_name = name.starts_with(b".wh.");
             let (uid, gid) = if is_wh_name {
@@ -145,10 +148,22 @@ impl<W: Write> Gen<'_, W> {
             } else {
                 (
                     to_container(self.uidmap, st.st_uid).ok_or_else(|| {
-                        self.err(&path, std::io::Error::other(format!("UID {} is not in the layer's ID map", st.st_uid)))
+                        self.err(
+                            &path,
+                            std::io::Error::other(format!(
+                                "UID {} is not in the layer's ID map",
+                                st.st_uid
+                            )),
+                        )
                     })?,
                     to_container(self.gidmap, st.st_gid).ok_or_else(|| {
-                        self.err(&path, std::io::Error::other(format!("GID {} is not in the layer's ID map", st.st_gid)))
+                        self.err(
+                            &path,
+                            std::io::Error::other(format!(
+                                "GID {} is not in the layer's ID map",
+                                st.st_gid
+                            )),
+                        )
                     })?,
                 )
             };
@@ -160,12 +175,14 @@ impl<W: Write> Gen<'_, W> {
                 FileType::Directory => {
                     h.entry_type = EntryType::Directory;
                     h.path.push(b'/');
-                    let d = fsutil::open_dir_nofollow(dir, os(&name)).map_err(|e| self.err(&path, e))?;
+                    let d = fsutil::open_dir_nofollow(dir, os(&name))
+                        .map_err(|e| self.err(&path, e))?;
                     subdir = Some(d);
                 }
                 FileType::RegularFile => {
                     h.size = st.st_size as u64;
-                    let (f, _) = fsutil::open_regular(dir, os(&name), Follow::No).map_err(|e| self.err(&path, e))?;
+                    let (f, _) = fsutil::open_regular(dir, os(&name), Follow::No)
+                        .map_err(|e| self.err(&path, e))?;
                     opened = Some(f);
                 }
                 FileType::Symlink => {
@@ -190,7 +207,11 @@ impl<W: Write> Gen<'_, W> {
                 _ => continue,
             }
             // xattrs (files and directories carry them; symlinks and devices cannot hold user.*).
-            let xattr_fd = opened.as_ref().map(|f| f.try_clone()).transpose().map_err(|e| self.err(&path, e))?;
+            let xattr_fd = opened
+                .as_ref()
+                .map(|f| f.try_clone())
+                .transpose()
+                .map_err(|e| self.err(&path, e))?;
             let mut opaque = false;
             let xattrs = match (&xattr_fd, &subdir) {
                 (Some(f), _) => fsutil::fd_xattrs(f).map_err(|e| self.err(&path, e))?,
@@ -198,7 +219,9 @@ impl<W: Write> Gen<'_, W> {
                 _ => Vec::new(),
             };
             for (k, v) in &xattrs {
-                if OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k.as_slice()) && v.as_slice() == b"y" {
+                if OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k.as_slice())
+                    && v.as_slice() == b"y"
+                {
                     opaque = true;
                 }
                 if keep_xattr(k) {
@@ -259,13 +282,23 @@ impl<W: Write> Gen<'_, W> {
             let k = (self.buf.len() as u64).min(left) as usize;
             let n = f.read(&mut self.buf[..k]).map_err(|e| self.err(path, e))?;
             if n == 0 {
-                return Err(self.err(path, std::io::Error::other(format!("file shrank while being read ({} of {size} bytes)", size - left))));
+                return Err(self.err(
+                    path,
+                    std::io::Error::other(format!(
+                        "file shrank while being read ({} of {size} bytes)",
+                        size - left
+                    )),
+                ));
             }
-            self.out.write_all(&self.buf[..n]).map_err(|e| StorageError::io("output", e))?;
+            self.out
+                .write_all(&self.buf[..n])
+                .map_err(|e| StorageError::io("output", e))?;
             left -= n as u64;
         }
         let pad = padding(size) as usize;
-        self.out.write_all(&[0u8; BLOCK][..pad]).map_err(|e| StorageError::io("output", e))?;
+        self.out
+            .write_all(&[0u8; BLOCK][..pad])
+            .map_err(|e| StorageError::io("output", e))?;
         self.written += size + pad as u64;
         self.files += 1;
         if let Some(p) = &self.opts.progress {
@@ -277,7 +310,9 @@ impl<W: Write> Gen<'_, W> {
 
 fn is_whiteout_rdev(dir: &Dir, rel: &[u8]) -> bool {
     match rustix::fs::statat(dir, os(rel), AtFlags::empty()) {
-        Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0,
+        Ok(st) => {
+            FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+        }
         Err(_) => false,
     }
 }
@@ -290,7 +325,7 @@ pub(crate) fn generate(
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
     let _locks = layer.lock_and_check()?;
-    log::warn!(
+    log::debug!(
         "layer {} has no tar-split: generating a tar from its diff directory; it is not the original layer blob and its digest will differ",
         layer.id()
     );
@@ -315,7 +350,9 @@ pub(crate) fn generate(
         buf: vec![0u8; 256 << 10],
     };
     g.walk(&diff, b"")?;
-    g.out.write_all(&[0u8; 2 * BLOCK]).map_err(|e| StorageError::io("output", e))?;
+    g.out
+        .write_all(&[0u8; 2 * BLOCK])
+        .map_err(|e| StorageError::io("output", e))?;
     g.written += 2 * BLOCK as u64;
     g.out.flush().map_err(|e| StorageError::io("output", e))?;
     Ok(ExportReport {

@@ -95,7 +95,10 @@ impl EntryType {
     pub fn is_meta(&self) -> bool {
         matches!(
             self,
-            EntryType::PaxLocal | EntryType::PaxGlobal | EntryType::GnuLongName | EntryType::GnuLongLink
+            EntryType::PaxLocal
+                | EntryType::PaxGlobal
+                | EntryType::GnuLongName
+                | EntryType::GnuLongLink
         )
     }
 
@@ -138,7 +141,8 @@ pub struct TarHeader {
     pub link_target: Vec<u8>,
     /// The entry type.
     pub entry_type: EntryType,
-    /// Permission and mode bits (the low 12 bits: `0o7777`).
+    /// The mode field as stored: permission bits (`0o7777`), and with some writers (Go's
+    /// `archive/tar` via c/storage) the file type bits too (`0o040000` for directories).
     pub mode: u32,
     /// Owner UID.
     pub uid: u64,
@@ -195,7 +199,10 @@ fn parse_octal(f: &[u8]) -> Result<u64> {
     let mut v: u64 = 0;
     for &c in s {
         if !(b'0'..=b'7').contains(&c) {
-            return Err(herr(format!("invalid octal number {:?}", String::from_utf8_lossy(f))));
+            return Err(herr(format!(
+                "invalid octal number {:?}",
+                String::from_utf8_lossy(f)
+            )));
         }
         v = v
             .checked_mul(8)
@@ -208,7 +215,11 @@ fn parse_octal(f: &[u8]) -> Result<u64> {
 fn trim(f: &[u8]) -> &[u8] {
     let is_pad = |c: &u8| *c == b' ' || *c == 0;
     let start = f.iter().position(|c| !is_pad(c)).unwrap_or(f.len());
-    let end = f.iter().rposition(|c| !is_pad(c)).map(|i| i + 1).unwrap_or(start);
+    let end = f
+        .iter()
+        .rposition(|c| !is_pad(c))
+        .map(|i| i + 1)
+        .unwrap_or(start);
     &f[start..end.max(start)]
 }
 
@@ -365,8 +376,10 @@ impl TarHeader {
     /// True if the content of this entry is stored in the archive (regular files; hard links
     /// and others carry no data even if a size is set, except in odd archives).
     pub fn has_content(&self) -> bool {
-        matches!(self.entry_type, EntryType::Regular | EntryType::Other(_) | EntryType::GnuSparse)
-            && self.size > 0
+        matches!(
+            self.entry_type,
+            EntryType::Regular | EntryType::Other(_) | EntryType::GnuSparse
+        ) && self.size > 0
     }
 
     fn apply_pax(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
@@ -392,10 +405,13 @@ impl TarHeader {
                     self.mtime_nsec = n;
                 }
                 k if k.starts_with(b"SCHILY.xattr.") => {
-                    self.xattrs.push((k[b"SCHILY.xattr.".len()..].to_vec(), v.clone()));
+                    self.xattrs
+                        .push((k[b"SCHILY.xattr.".len()..].to_vec(), v.clone()));
                 }
                 k if k.starts_with(b"GNU.sparse.") => {
-                    return Err(herr("sparse files (GNU.sparse PAX records) are not supported"));
+                    return Err(herr(
+                        "sparse files (GNU.sparse PAX records) are not supported",
+                    ));
                 }
                 _ => {}
             }
@@ -424,7 +440,10 @@ fn parse_pax_time(v: &[u8]) -> Result<(i64, u32)> {
         Some((a, b)) => (a, b),
         None => (s2, ""),
     };
-    if secs.is_empty() || !secs.bytes().all(|c| c.is_ascii_digit()) || !frac.bytes().all(|c| c.is_ascii_digit()) {
+    if secs.is_empty()
+        || !secs.bytes().all(|c| c.is_ascii_digit())
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+    {
         return Err(bad());
     }
     let secs: i64 = secs.parse().map_err(|_| bad())?;
@@ -483,7 +502,12 @@ enum State {
     /// Expecting a header block.
     Header,
     /// Collecting the data of a meta record (PAX or GNU long name/link).
-    Meta { kind: EntryType, remaining: u64, pad: u64, data: Vec<u8> },
+    Meta {
+        kind: EntryType,
+        remaining: u64,
+        pad: u64,
+        data: Vec<u8>,
+    },
     /// Skipping the padding after an entry's content.
     Skip(u64),
     /// Saw one zero block.
@@ -544,7 +568,12 @@ impl HeaderStream {
                         self.state = State::Header;
                     }
                 }
-                State::Meta { kind, remaining, pad, data } => {
+                State::Meta {
+                    kind,
+                    remaining,
+                    pad,
+                    data,
+                } => {
                     if *remaining > 0 {
                         let k = (*remaining).min(bytes.len() as u64) as usize;
                         data.extend_from_slice(&bytes[..k]);
@@ -576,8 +605,15 @@ impl HeaderStream {
             }
         }
         // A meta record whose data and padding ended exactly at the end of these bytes.
-        if let State::Meta { remaining: 0, pad: 0, .. } = self.state {
-            if let State::Meta { kind, data, .. } = std::mem::replace(&mut self.state, State::Header) {
+        if let State::Meta {
+            remaining: 0,
+            pad: 0,
+            ..
+        } = self.state
+        {
+            if let State::Meta { kind, data, .. } =
+                std::mem::replace(&mut self.state, State::Header)
+            {
                 self.finish_meta(kind, data)?;
             }
         }
@@ -609,7 +645,10 @@ impl HeaderStream {
         let mut h = TarHeader::from_bytes(block)?;
         if h.entry_type.is_meta() {
             if h.size > MAX_SPECIAL {
-                return Err(herr(format!("extension record of {} bytes is too large", h.size)));
+                return Err(herr(format!(
+                    "extension record of {} bytes is too large",
+                    h.size
+                )));
             }
             self.state = State::Meta {
                 kind: h.entry_type,
@@ -634,7 +673,10 @@ impl HeaderStream {
         }
         let local = std::mem::take(&mut self.pax_local);
         h.apply_pax(&local)?;
-        if h.entry_type == EntryType::Regular && h.path.ends_with(b"/") && h.format == HeaderFormat::V7 {
+        if h.entry_type == EntryType::Regular
+            && h.path.ends_with(b"/")
+            && h.format == HeaderFormat::V7
+        {
             h.entry_type = EntryType::Directory;
         }
         self.ready = Some(h);
@@ -706,7 +748,7 @@ fn finish_checksum(b: &mut [u8; BLOCK]) {
 fn ustar_block(h: &TarHeader, name: &[u8], prefix: &[u8], link: &[u8], flag: u8) -> [u8; BLOCK] {
     let mut b = [0u8; BLOCK];
     put_str(&mut b[0..100], name);
-    put_octal(&mut b[100..108], u64::from(h.mode & 0o7777));
+    put_octal(&mut b[100..108], u64::from(h.mode & 0o7777777));
     // Values that do not fit are carried by PAX records; the fields then hold zero.
     if !put_octal(&mut b[108..116], h.uid) {
         put_octal(&mut b[108..116], 0);
@@ -809,8 +851,13 @@ impl TarHeader {
             pax_record(&mut pax, &key, v);
         }
         let mut out = Vec::with_capacity(BLOCK * 2);
-        let (prefix, name) = split.unwrap_or((&[], &self.path[self.path.len().saturating_sub(100)..]));
-        let link: &[u8] = if self.link_target.len() > 100 { &[] } else { &self.link_target };
+        let (prefix, name) =
+            split.unwrap_or((&[], &self.path[self.path.len().saturating_sub(100)..]));
+        let link: &[u8] = if self.link_target.len() > 100 {
+            &[]
+        } else {
+            &self.link_target
+        };
         if !pax.is_empty() {
             let mut ph = TarHeader::new(b"PaxHeader".to_vec(), EntryType::PaxLocal);
             ph.size = pax.len() as u64;
@@ -819,7 +866,13 @@ impl TarHeader {
             out.extend_from_slice(&pax);
             out.resize(out.len() + padding(pax.len() as u64) as usize, 0);
         }
-        out.extend_from_slice(&ustar_block(self, name, prefix, link, self.entry_type.flag()));
+        out.extend_from_slice(&ustar_block(
+            self,
+            name,
+            prefix,
+            link,
+            self.entry_type.flag(),
+        ));
         out
     }
 }
@@ -837,7 +890,10 @@ mod tests {
 
     #[test]
     fn ustar_roundtrip_and_prefix() {
-        let mut h = TarHeader::new(format!("{}/{}", "d".repeat(120), "f".repeat(90)), EntryType::Regular);
+        let mut h = TarHeader::new(
+            format!("{}/{}", "d".repeat(120), "f".repeat(90)),
+            EntryType::Regular,
+        );
         h.mode = 0o644;
         h.uid = 1000;
         h.gid = 100;
@@ -848,7 +904,10 @@ mod tests {
         assert_eq!(bytes.len(), 512, "fits ustar with a prefix");
         let p = TarHeader::from_bytes(&bytes).unwrap();
         assert_eq!(p.path, h.path);
-        assert_eq!((p.mode, p.uid, p.gid, p.size, p.mtime), (0o644, 1000, 100, 12345, 1_700_000_000));
+        assert_eq!(
+            (p.mode, p.uid, p.gid, p.size, p.mtime),
+            (0o644, 1000, 100, 12345, 1_700_000_000)
+        );
         assert_eq!(p.format, HeaderFormat::Ustar);
     }
 
@@ -878,17 +937,28 @@ mod tests {
         assert_eq!(parse_numeric(b"\0\0\0").unwrap(), 0);
         // base-256
         assert_eq!(parse_numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1]).unwrap(), 1);
-        assert_eq!(parse_numeric(&[0x80, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).unwrap(), 1 << 32);
+        assert_eq!(
+            parse_numeric(&[0x80, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
+            1 << 32
+        );
         assert_eq!(parse_numeric(&[0xff; 12]).unwrap(), -1);
-        assert!(parse_numeric(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(
+            parse_numeric(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err()
+        );
         assert!(parse_numeric(b"0009").is_err());
         assert!(parse_octal(b"77777777777777777777777").is_err());
     }
 
     #[test]
     fn pax_times() {
-        assert_eq!(parse_pax_time(b"1700000000.5").unwrap(), (1_700_000_000, 500_000_000));
-        assert_eq!(parse_pax_time(b"1700000000.123456789123").unwrap(), (1_700_000_000, 123_456_789));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5").unwrap(),
+            (1_700_000_000, 500_000_000)
+        );
+        assert_eq!(
+            parse_pax_time(b"1700000000.123456789123").unwrap(),
+            (1_700_000_000, 123_456_789)
+        );
         assert_eq!(parse_pax_time(b"-1.5").unwrap(), (-2, 500_000_000));
         assert!(parse_pax_time(b"1.2.3").is_err());
         assert!(parse_pax_time(b"").is_err());
@@ -899,8 +969,18 @@ mod tests {
         let r = parse_pax_records(b"18 path=some/path\n13 uid=12345\n").unwrap();
         assert_eq!(r[0], (b"path".to_vec(), b"some/path".to_vec()));
         assert_eq!(r[1], (b"uid".to_vec(), b"12345".to_vec()));
-        for bad in [&b"5 a=b\n"[..], b"x path=a\n", b"100 path=a\n", b"7 path\n", b"6 =ab\n"] {
-            assert!(parse_pax_records(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"5 a=b\n"[..],
+            b"x path=a\n",
+            b"100 path=a\n",
+            b"7 path\n",
+            b"6 =ab\n",
+        ] {
+            assert!(
+                parse_pax_records(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -912,7 +992,12 @@ mod tests {
         });
         assert!(TarHeader::from_bytes(&b).is_ok());
         b[0] = b'N';
-        assert!(TarHeader::from_bytes(&b).unwrap_err().to_string().contains("checksum"));
+        assert!(
+            TarHeader::from_bytes(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
         assert!(TarHeader::from_bytes(&[0u8; 100]).is_err());
         assert!(TarHeader::from_bytes(&[0u8; 512]).is_err());
         assert!(TarHeader::from_bytes(&[0xffu8; 512]).is_err());

@@ -59,6 +59,12 @@ pub(crate) enum Raw<'a> {
     },
 }
 
+/// The CRC-64/GO-ISO checksum tar-split records for file contents (Go's `hash/crc64` with
+/// the ISO table), computed with SIMD instructions where the CPU has them.
+pub fn crc64_go_iso(data: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, data)
+}
+
 /// Lexical path cleaning with Go's `path.Clean` rules, on bytes.
 pub(crate) fn clean_name(name: &[u8]) -> Vec<u8> {
     if name.is_empty() {
@@ -217,13 +223,12 @@ impl<R: BufRead> TarSplitReader<R> {
             }
             break;
         }
-        let line: Line<'_> = serde_json::from_slice(&self.line).map_err(|e| {
-            StorageError::TarSplit {
+        let line: Line<'_> =
+            serde_json::from_slice(&self.line).map_err(|e| StorageError::TarSplit {
                 layer: self.layer.clone(),
                 entry: Some(self.line_no - 1),
                 message: format!("invalid JSON: {e}"),
-            }
-        })?;
+            })?;
         let b64 = base64::engine::general_purpose::STANDARD;
         match line.ty {
             2 => {
@@ -252,9 +257,9 @@ impl<R: BufRead> TarSplitReader<R> {
                     None => None,
                     Some(p) => {
                         let mut buf = [0u8; 8];
-                        let n = b64
-                            .decode_slice(p.as_bytes(), &mut buf)
-                            .map_err(|e| self.err(format!("file checksum is not base64 of 8 bytes: {e}")))?;
+                        let n = b64.decode_slice(p.as_bytes(), &mut buf).map_err(|e| {
+                            self.err(format!("file checksum is not base64 of 8 bytes: {e}"))
+                        })?;
                         if n == 0 {
                             None
                         } else if n != 8 {
@@ -368,7 +373,10 @@ impl FileGetter {
         }
         Err(self.integrity(
             name,
-            format!("missing from {} (and the layer's lowers)", self.diff_path.join(&rel).display()),
+            format!(
+                "missing from {} (and the layer's lowers)",
+                self.diff_path.join(&rel).display()
+            ),
         ))
     }
 }
@@ -425,7 +433,10 @@ impl TarSplitFdStream {
     pub fn new(layer: &Layer) -> Result<TarSplitFdStream> {
         let (locks, file) = open_locked(layer)?;
         let file = file.ok_or_else(|| {
-            StorageError::layer(layer.id(), "has no tar-split metadata (its tar cannot be rebuilt exactly)")
+            StorageError::layer(
+                layer.id(),
+                "has no tar-split metadata (its tar cannot be rebuilt exactly)",
+            )
         })?;
         Ok(TarSplitFdStream {
             reader: TarSplitReader::new(gz_reader(file), layer.id()),
@@ -454,7 +465,9 @@ impl TarSplitFdStream {
                     return Ok(Some(TarSplitItem::FileContent {
                         fd: file.into(),
                         size,
-                        name: PathBuf::from(std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&name))),
+                        name: PathBuf::from(std::ffi::OsString::from(std::ffi::OsStr::from_bytes(
+                            &name,
+                        ))),
                         crc,
                     }));
                 }
@@ -494,7 +507,8 @@ pub struct LayerEntries {
 impl LayerEntries {
     pub(crate) fn new(layer: &Layer) -> Result<LayerEntries> {
         let (locks, file) = open_locked(layer)?;
-        let file = file.ok_or_else(|| StorageError::layer(layer.id(), "has no tar-split metadata"))?;
+        let file =
+            file.ok_or_else(|| StorageError::layer(layer.id(), "has no tar-split metadata"))?;
         Ok(LayerEntries {
             reader: TarSplitReader::new(gz_reader(file), layer.id()),
             headers: HeaderStream::new(),
@@ -534,14 +548,17 @@ impl LayerEntries {
                 Some(Raw::File { name, size, .. }) => {
                     let name = name.to_vec();
                     let i = self.reader.entry_index();
-                    let h = self.headers.take(size).ok_or_else(|| StorageError::TarSplit {
-                        layer: self.layer.clone(),
-                        entry: Some(i),
-                        message: format!(
-                            "file entry {:?} without a tar header before it",
-                            String::from_utf8_lossy(&name)
-                        ),
-                    })?;
+                    let h = self
+                        .headers
+                        .take(size)
+                        .ok_or_else(|| StorageError::TarSplit {
+                            layer: self.layer.clone(),
+                            entry: Some(i),
+                            message: format!(
+                                "file entry {:?} without a tar header before it",
+                                String::from_utf8_lossy(&name)
+                            ),
+                        })?;
                     if h.has_content() && h.size != size {
                         return Err(StorageError::TarSplit {
                             layer: self.layer.clone(),
@@ -638,12 +655,24 @@ mod tests {
             (r#"{"type":3}"#, "unknown entry type 3"),
             (r#"{"type":1,"name":"a","size":-1}"#, "negative size"),
             (r#"{"type":2,"payload":"!!"}"#, "not base64"),
-            (r#"{"type":1,"name":"a","size":1,"payload":"AAAA"}"#, "not 8"),
-            (r#"{"type":1,"name":"a","size":1,"payload":"AAAAAAAAAAAAAAAA"}"#, "checksum"),
+            (
+                r#"{"type":1,"name":"a","size":1,"payload":"AAAA"}"#,
+                "not 8",
+            ),
+            (
+                r#"{"type":1,"name":"a","size":1,"payload":"AAAAAAAAAAAAAAAA"}"#,
+                "checksum",
+            ),
             (r#"{"type":1,"name"#, "invalid JSON"),
             (r#"{"type":"1"}"#, "invalid JSON"),
-            ("{\"type\":1,\"name\":\"a/b\"}\n{\"type\":1,\"name\":\"./a//b/\"}", "duplicate path"),
-            ("{\"type\":1,\"name\":\"x\"}\n{\"type\":1,\"name\":\"y/../x\"}", "duplicate path"),
+            (
+                "{\"type\":1,\"name\":\"a/b\"}\n{\"type\":1,\"name\":\"./a//b/\"}",
+                "duplicate path",
+            ),
+            (
+                "{\"type\":1,\"name\":\"x\"}\n{\"type\":1,\"name\":\"y/../x\"}",
+                "duplicate path",
+            ),
         ];
         for (input, want) in cases {
             let e = collect(input).unwrap_err().to_string();
@@ -654,8 +683,17 @@ mod tests {
 
     #[test]
     fn huge_line_is_refused() {
-        let s = format!("{{\"type\":2,\"payload\":\"{}\"}}", "A".repeat(MAX_LINE + 8));
+        let s = format!(
+            "{{\"type\":2,\"payload\":\"{}\"}}",
+            "A".repeat(MAX_LINE + 8)
+        );
         assert!(collect(&s).unwrap_err().to_string().contains("longer than"));
+    }
+
+    #[test]
+    fn crc_check_values() {
+        assert_eq!(crc64_go_iso(b"123456789"), 0xb90956c775a41001);
+        assert_eq!(crc64_go_iso(b"hello\n"), 0x614c3eeee2d81000);
     }
 
     #[test]
@@ -671,15 +709,28 @@ mod tests {
             ("..", ".."),
             ("a/..", "."),
         ] {
-            assert_eq!(String::from_utf8(clean_name(i.as_bytes())).unwrap(), o, "{i:?}");
+            assert_eq!(
+                String::from_utf8(clean_name(i.as_bytes())).unwrap(),
+                o,
+                "{i:?}"
+            );
         }
     }
 
     #[test]
     fn content_paths_stay_inside() {
-        assert_eq!(content_path(b"./etc/hello").unwrap(), PathBuf::from("etc/hello"));
-        assert_eq!(content_path(b"/etc/passwd").unwrap(), PathBuf::from("etc/passwd"));
-        assert_eq!(content_path(b"/../../etc/passwd").unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(
+            content_path(b"./etc/hello").unwrap(),
+            PathBuf::from("etc/hello")
+        );
+        assert_eq!(
+            content_path(b"/etc/passwd").unwrap(),
+            PathBuf::from("etc/passwd")
+        );
+        assert_eq!(
+            content_path(b"/../../etc/passwd").unwrap(),
+            PathBuf::from("etc/passwd")
+        );
         assert!(content_path(b"../etc/passwd").is_err());
         assert!(content_path(b"a/../../x").is_err());
         assert!(content_path(b"a\0b").is_err());

@@ -487,7 +487,10 @@ fn diff_id_mismatch_names_both_digests() {
     let e = img.layers().unwrap_err();
     assert!(matches!(e, StorageError::DiffIdMismatch { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&real) && msg.contains(&fake) && msg.contains(img.id()), "{msg}");
+    assert!(
+        msg.contains(&real) && msg.contains(&fake) && msg.contains(img.id()),
+        "{msg}"
+    );
     // The unchecked chain is still available.
     assert_eq!(img.storage_layers().unwrap().len(), 1);
 }

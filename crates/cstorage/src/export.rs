@@ -31,7 +31,10 @@ pub fn layer(l: &Layer, output: Option<&Path>, verify: Verify) -> Result<()> {
     if output.is_none() && std::io::stdout().is_terminal() {
         bail!("refusing to write a tar to a terminal: use -o FILE or redirect standard output");
     }
-    let pb = progress_bar(l.diff_size(), format!("layer {}", crate::fmt::short_id(l.id())));
+    let pb = progress_bar(
+        l.diff_size(),
+        format!("layer {}", crate::fmt::short_id(l.id())),
+    );
     let mut opts = ExportOptions::new(verify);
     if let Some(pb) = &pb {
         let pb = pb.clone();
@@ -55,7 +58,12 @@ pub fn layer(l: &Layer, output: Option<&Path>, verify: Verify) -> Result<()> {
         );
     }
     if let Some(d) = &report.digest {
-        log::info!("layer {}: {} bytes, {} files, {d} verified", l.id(), report.bytes, report.files);
+        log::info!(
+            "layer {}: {} bytes, {} files, {d} verified",
+            l.id(),
+            report.bytes,
+            report.files
+        );
     }
     Ok(())
 }

@@ -11,9 +11,15 @@ pub fn mode_string(t: char, mode: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(t);
     let bits = [
-        (0o400, 'r'), (0o200, 'w'), (0o100, 'x'),
-        (0o040, 'r'), (0o020, 'w'), (0o010, 'x'),
-        (0o004, 'r'), (0o002, 'w'), (0o001, 'x'),
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
     ];
     for (i, (b, c)) in bits.iter().enumerate() {
         let mut ch = if mode & b != 0 { *c } else { '-' };
@@ -55,7 +61,9 @@ pub fn layer(l: &Layer, out: &mut impl Write, long: bool, json: bool) -> Result<
             continue;
         }
         let size = match h.entry_type {
-            EntryType::CharDevice | EntryType::BlockDevice => format!("{},{}", h.dev_major, h.dev_minor),
+            EntryType::CharDevice | EntryType::BlockDevice => {
+                format!("{},{}", h.dev_major, h.dev_minor)
+            }
             _ => h.size.to_string(),
         };
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.mtime.max(0) as u64);
@@ -75,7 +83,12 @@ pub fn layer(l: &Layer, out: &mut impl Write, long: bool, json: bool) -> Result<
             _ => {}
         }
         for (k, v) in &h.xattrs {
-            write!(out, " [{}={}]", String::from_utf8_lossy(k), String::from_utf8_lossy(v).escape_debug())?;
+            write!(
+                out,
+                " [{}={}]",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v).escape_debug()
+            )?;
         }
         writeln!(out)?;
     }

@@ -144,11 +144,11 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
-            eprintln!(
-                "cstorage: {}: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
+            let level = match r.level() {
+                log::Level::Warn => "warning".to_string(),
+                l => l.as_str().to_lowercase(),
+            };
+            eprintln!("cstorage: {level}: {}", r.args());
         }
     }
     fn flush(&self) {}
@@ -367,7 +367,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// A layer named directly, or by its index in an image.
-fn resolve_layer(storage: &Storage, layer: &str, image: Option<&str>) -> Result<composefs_storage::Layer> {
+fn resolve_layer(
+    storage: &Storage,
+    layer: &str,
+    image: Option<&str>,
+) -> Result<composefs_storage::Layer> {
     let Some(image) = image else {
         return Ok(storage.find_layer(layer)?);
     };
@@ -375,7 +379,11 @@ fn resolve_layer(storage: &Storage, layer: &str, image: Option<&str>) -> Result<
     let layers = img.layers()?;
     if let Ok(i) = layer.parse::<usize>() {
         return layers.get(i).cloned().ok_or_else(|| {
-            anyhow::anyhow!("image {} has {} layers; there is no layer {i}", img.id(), layers.len())
+            anyhow::anyhow!(
+                "image {} has {} layers; there is no layer {i}",
+                img.id(),
+                layers.len()
+            )
         });
     }
     let l = storage.find_layer(layer)?;
@@ -415,7 +423,18 @@ fn main() {
         if broken_pipe {
             std::process::exit(0);
         }
-        eprintln!("cstorage: error: {}", format!("{e:#}").replace('\n', " "));
+        // One line: the error and its causes, each cause only if not already said.
+        let mut msg = String::new();
+        for c in e.chain() {
+            let c = c.to_string();
+            if !msg.contains(&c) {
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&c);
+            }
+        }
+        eprintln!("cstorage: error: {}", msg.replace('\n', " "));
         std::process::exit(1);
     }
 }

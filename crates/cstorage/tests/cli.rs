@@ -20,7 +20,12 @@ fn cstorage(store: &TestStore) -> Command {
     // Keep the host's storage.conf out of the tests: an empty one.
     static EMPTY: OnceLock<std::path::PathBuf> = OnceLock::new();
     let empty = EMPTY.get_or_init(|| {
-        let p = fixture().store.root.parent().unwrap().join("empty-storage.conf");
+        let p = fixture()
+            .store
+            .root
+            .parent()
+            .unwrap()
+            .join("empty-storage.conf");
         std::fs::write(&p, "").unwrap();
         p
     });
@@ -36,9 +41,18 @@ fn json_of(c: &mut Command) -> Value {
 /// Runs a command expected to fail; returns its stderr.
 fn fails(c: &mut Command) -> String {
     let out: Output = c.output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{c:?} must exit 1; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{c:?} must exit 1; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err:?}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line on stderr: {err:?}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -46,25 +60,53 @@ fn fails(c: &mut Command) -> String {
 #[test]
 fn images_json_matches_podman() {
     let f = fixture();
-    let ours = json_of(cstorage(&f.store).args(["--storage-opt", &f.ais_opt(), "images", "--format", "json"]));
+    let ours = json_of(cstorage(&f.store).args([
+        "--storage-opt",
+        &f.ais_opt(),
+        "images",
+        "--format",
+        "json",
+    ]));
     let mut pod = f.store.podman();
     pod.args(["--storage-opt", &f.ais_opt(), "images", "--format", "json"]);
     let go = json_of(&mut pod);
     let ids = |v: &Value, key: &str| -> BTreeSet<String> {
-        v.as_array().unwrap().iter().map(|i| i[key].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[key].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(ids(&ours, "id"), ids(&go, "Id"));
     for i in ours.as_array().unwrap() {
-        let g = go.as_array().unwrap().iter().find(|g| g["Id"] == i["id"]).unwrap();
+        let g = go
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["Id"] == i["id"])
+            .unwrap();
         assert_eq!(i["size"], g["Size"], "{}", i["id"]);
-        let names: BTreeSet<&str> = i["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-        let gnames: BTreeSet<&str> = g["Names"].as_array().map(|a| a.iter().map(|n| n.as_str().unwrap()).collect()).unwrap_or_default();
+        let names: BTreeSet<&str> = i["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        let gnames: BTreeSet<&str> = g["Names"]
+            .as_array()
+            .map(|a| a.iter().map(|n| n.as_str().unwrap()).collect())
+            .unwrap_or_default();
         assert_eq!(names, gnames);
         assert_eq!(i["digest"], g["Digest"]);
     }
     // The table has a row per name plus the header.
     let table = stdout_of(cstorage(&f.store).args(["--storage-opt", &f.ais_opt(), "images"]));
-    let names: usize = ours.as_array().unwrap().iter().map(|i| i["names"].as_array().unwrap().len().max(1)).sum();
+    let names: usize = ours
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["names"].as_array().unwrap().len().max(1))
+        .sum();
     assert_eq!(table.lines().count(), names + 1, "{table}");
     assert!(table.starts_with("REPOSITORY"));
     // -q prints IDs.
@@ -83,16 +125,40 @@ fn image_inspect_has_record_manifest_config_layers() {
     let app1 = &arr[0];
     let built = &f.built["localhost/app1:latest"];
     assert_eq!(app1["config_digest"].as_str().unwrap(), built.config_digest);
-    assert_eq!(app1["manifest_digest"].as_str().unwrap(), built.manifest_digest);
-    assert_eq!(app1["manifest_type"], "application/vnd.oci.image.manifest.v1+json");
-    let diff_ids: Vec<&str> = app1["layers"].as_array().unwrap().iter().map(|l| l["diff_id"].as_str().unwrap()).collect();
+    assert_eq!(
+        app1["manifest_digest"].as_str().unwrap(),
+        built.manifest_digest
+    );
+    assert_eq!(
+        app1["manifest_type"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let diff_ids: Vec<&str> = app1["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap())
+        .collect();
     assert_eq!(diff_ids, built.diff_ids);
-    assert_eq!(app1["config"]["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app1["config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(app1["names"][0], "localhost/app1:latest");
     assert!(app1["record"]["big-data-names"].is_array());
-    assert_eq!(arr[1]["manifest_type"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        arr[1]["manifest_type"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
     // Against containers-storage's view of the same image record.
-    let go = json_of(f.store.cs().args(["image", "-j", app1["id"].as_str().unwrap()]));
+    let go = json_of(
+        f.store
+            .cs()
+            .args(["image", "-j", app1["id"].as_str().unwrap()]),
+    );
     assert_eq!(go[0]["id"], app1["id"]);
     assert_eq!(go[0]["layer"], app1["top_layer"]);
     assert_eq!(go[0], app1["record"]);
@@ -103,7 +169,11 @@ fn layers_match_containers_storage() {
     let f = fixture();
     let ours = json_of(cstorage(&f.store).args(["layers", "--format", "json"]));
     let go = f.store.go_layers();
-    let ids = |v: &[Value]| -> BTreeSet<String> { v.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect() };
+    let ids = |v: &[Value]| -> BTreeSet<String> {
+        v.iter()
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect()
+    };
     assert_eq!(ids(ours.as_array().unwrap()), ids(&go));
     for l in ours.as_array().unwrap() {
         let g = go.iter().find(|g| g["id"] == l["id"]).unwrap();
@@ -114,7 +184,11 @@ fn layers_match_containers_storage() {
     }
     // Inspect by diff digest.
     let first = &ours[0];
-    let v = json_of(cstorage(&f.store).args(["layer", "inspect", first["diff_digest"].as_str().unwrap()]));
+    let v = json_of(cstorage(&f.store).args([
+        "layer",
+        "inspect",
+        first["diff_digest"].as_str().unwrap(),
+    ]));
     assert_eq!(v[0]["id"], first["id"]);
     assert_eq!(v[0]["has_tar_split"], true);
     assert_eq!(v[0]["link_id"].as_str().unwrap().len(), 26);
@@ -142,8 +216,14 @@ fn store_with_container() -> (TestStore, String) {
     let store = TestStore::new();
     let l = testutil::OciLayout::create(&store.root.parent().unwrap().join("l"));
     drop(l);
-    store.copy_in(&format!("oci:{}:base", f.layout.display()), "localhost/base:latest", &[]);
-    let id = stdout_of(store.cs().args(["images", "-q"])).trim().to_string();
+    store.copy_in(
+        &format!("oci:{}:base", f.layout.display()),
+        "localhost/base:latest",
+        &[],
+    );
+    let id = stdout_of(store.cs().args(["images", "-q"]))
+        .trim()
+        .to_string();
     stdout_of(store.cs().args(["create-container", &id]));
     (store, id)
 }
@@ -152,7 +232,11 @@ fn store_with_container() -> (TestStore, String) {
 fn info_follows_storage_conf_like_podman() {
     let f = fixture();
     let store = TestStore::new();
-    store.copy_in(&format!("oci:{}:base", f.layout.display()), "localhost/base:latest", &[]);
+    store.copy_in(
+        &format!("oci:{}:base", f.layout.display()),
+        "localhost/base:latest",
+        &[],
+    );
     let conf = store.root.parent().unwrap().join("storage.conf");
     std::fs::write(
         &conf,
@@ -172,7 +256,13 @@ fn info_follows_storage_conf_like_podman() {
     let go = json_of(
         Command::new("podman")
             .env("CONTAINERS_STORAGE_CONF", &conf)
-            .args(["--cgroup-manager=cgroupfs", "--events-backend=none", "info", "--format", "json"]),
+            .args([
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=none",
+                "info",
+                "--format",
+                "json",
+            ]),
     );
     let gs = &go["store"];
     assert_eq!(ours["graphroot"], gs["graphRoot"]);
@@ -185,14 +275,36 @@ fn info_follows_storage_conf_like_podman() {
     let podman_images = json_of(
         Command::new("podman")
             .env("CONTAINERS_STORAGE_CONF", &conf)
-            .args(["--cgroup-manager=cgroupfs", "--events-backend=none", "images", "--format", "json"]),
+            .args([
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=none",
+                "images",
+                "--format",
+                "json",
+            ]),
     );
-    let unique: BTreeSet<&str> = podman_images.as_array().unwrap().iter().map(|i| i["Id"].as_str().unwrap()).collect();
+    let unique: BTreeSet<&str> = podman_images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Id"].as_str().unwrap())
+        .collect();
     assert_eq!(ours["images"], unique.len());
-    assert_eq!(ours["additional_image_stores"][0].as_str().unwrap(), f.ais.root.display().to_string());
-    let opts: BTreeSet<String> = ours["driver_options"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        ours["additional_image_stores"][0].as_str().unwrap(),
+        f.ais.root.display().to_string()
+    );
+    let opts: BTreeSet<String> = ours["driver_options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap().to_string())
+        .collect();
     for (k, v) in gs["graphOptions"].as_object().unwrap() {
-        assert!(opts.contains(&format!("{k}={}", v.as_str().unwrap())), "{k}={v} in {opts:?}");
+        assert!(
+            opts.contains(&format!("{k}={}", v.as_str().unwrap())),
+            "{k}={v} in {opts:?}"
+        );
     }
     // `images` with no flags at all uses the same configuration.
     let listed = json_of(
@@ -200,13 +312,21 @@ fn info_follows_storage_conf_like_podman() {
             .env("CONTAINERS_STORAGE_CONF", &conf)
             .args(["images", "--format", "json"]),
     );
-    assert_eq!(listed.as_array().unwrap().len(), 2, "base (primary) + ais-only (additional)");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "base (primary) + ais-only (additional)"
+    );
 }
 
 #[test]
 fn errors_are_one_clear_line() {
     let f = fixture();
-    let e = fails(Command::new(env!("CARGO_BIN_EXE_cstorage")).args(["--root", "/nonexistent/store", "images"]));
+    let e = fails(Command::new(env!("CARGO_BIN_EXE_cstorage")).args([
+        "--root",
+        "/nonexistent/store",
+        "images",
+    ]));
     assert!(e.contains("/nonexistent/store"), "{e}");
     let e = fails(cstorage(&f.store).args(["image", "inspect", "no-such-image"]));
     assert!(e.contains("image not known: no-such-image"), "{e}");
@@ -216,14 +336,102 @@ fn errors_are_one_clear_line() {
     assert!(e.contains("vfs") && e.contains("overlay"), "{e}");
     let conf = f.store.root.parent().unwrap().join("broken.conf");
     std::fs::write(&conf, "[storage\n").unwrap();
-    let e = fails(Command::new(env!("CARGO_BIN_EXE_cstorage")).env("CONTAINERS_STORAGE_CONF", &conf).arg("images"));
+    let e = fails(
+        Command::new(env!("CARGO_BIN_EXE_cstorage"))
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .arg("images"),
+    );
     assert!(e.contains("broken.conf"), "{e}");
     // A corrupt images.json names the file.
     let store = TestStore::new();
-    store.copy_in(&format!("oci:{}:base", f.layout.display()), "localhost/base:latest", &[]);
+    store.copy_in(
+        &format!("oci:{}:base", f.layout.display()),
+        "localhost/base:latest",
+        &[],
+    );
     let images_json = store.root.join("overlay-images/images.json");
     std::fs::write(&images_json, "{not json").unwrap();
     let e = fails(cstorage(&store).arg("images"));
     assert!(e.contains(&images_json.display().to_string()), "{e}");
     assert!(Path::new(&images_json).exists());
+}
+
+#[test]
+fn layer_export_matches_go_and_ls_matches_tar() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    for l in f.store.go_layers() {
+        let id = l["id"].as_str().unwrap();
+        let digest = l["diff-digest"].as_str().unwrap();
+        // To a file, with digest verification.
+        let out = dir.path().join(format!("{id}.tar"));
+        stdout_of(
+            cstorage(&f.store)
+                .args(["layer", "export", id, "--verify", "digest", "-o"])
+                .arg(&out),
+        );
+        assert_eq!(format!("sha256:{}", testutil::sha256_file(&out)), digest);
+        // To a pipe: the same bytes as containers-storage.
+        let ours = testutil::run(cstorage(&f.store).args(["layer", "export", id])).stdout;
+        let go = testutil::run(f.store.cs().args(["diff", "-u", id])).stdout;
+        assert!(ours == go, "layer {id}");
+        // `layer ls` lists what tar lists.
+        let ls = stdout_of(cstorage(&f.store).args(["layer", "ls", id]));
+        let tar = stdout_of(std::process::Command::new("tar").arg("-tf").arg(&out));
+        assert_eq!(ls, tar, "layer {id}");
+        let long = stdout_of(cstorage(&f.store).args(["layer", "ls", "-l", id]));
+        assert_eq!(long.lines().count(), tar.lines().count());
+        let json = json_of(cstorage(&f.store).args(["--format", "json", "layer", "ls", id]));
+        assert_eq!(json.as_array().unwrap().len(), tar.lines().count());
+    }
+    // A layer by image and index, and by diff digest.
+    let img = json_of(cstorage(&f.store).args(["image", "inspect", "app1"]));
+    let top = img[0]["layers"][1]["id"].as_str().unwrap();
+    let by_index =
+        testutil::run(cstorage(&f.store).args(["layer", "export", "--image", "app1", "1"])).stdout;
+    let by_id = testutil::run(cstorage(&f.store).args(["layer", "export", top])).stdout;
+    assert!(by_index == by_id);
+    let long = stdout_of(cstorage(&f.store).args(["layer", "ls", "-l", "--image", "app1", "1"]));
+    assert!(
+        long.contains("./etc/.wh.os-release") && long.contains("./usr/share/doc/.wh..wh..opq"),
+        "{long}"
+    );
+    let e = fails(cstorage(&f.store).args(["layer", "export", "--image", "app1", "7"]));
+    assert!(e.contains("no layer 7"), "{e}");
+}
+
+#[test]
+fn layer_export_refuses_a_terminal_and_warns_for_generated_tars() {
+    let (store, _) = store_with_container();
+    let ctr = json_of(cstorage(&store).args(["containers", "--format", "json"]));
+    let layer = ctr[0]["layer"].as_str().unwrap().to_string();
+    // `script` gives the command a terminal as stdout.
+    let cmd = format!(
+        "CONTAINERS_STORAGE_CONF=/dev/null {} {} layer export {layer}",
+        env!("CARGO_BIN_EXE_cstorage"),
+        store.cstorage_args().join(" ")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("refusing to write a tar to a terminal"));
+    // A container layer has no tar-split: exported with a warning.
+    let out = cstorage(&store)
+        .args(["layer", "export", &layer])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("no tar-split"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.len() >= 1024,
+        "an empty layer is still a valid tar"
+    );
+    let e = fails(cstorage(&store).args(["layer", "export", &layer, "--verify", "digest"]));
+    assert!(e.contains("no tar-split"), "{e}");
 }

@@ -187,3 +187,114 @@ pub fn standard(dir: &Path) -> Standard {
         multi_index_digest,
     }
 }
+
+/// A tar of every kind of entry, written by Python's tarfile in PAX format: non-UTF-8 names,
+/// large UIDs/GIDs, fractional mtimes, xattrs, devices, fifos, links, empty and multi-MB
+/// files, names longer than 100 and 255 bytes, and extra zero blocks after the end.
+pub const PY_ZOO: &str = r##"
+import io, sys, tarfile
+out = io.BytesIO()
+t = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+def add(name, kind=tarfile.REGTYPE, data=b"", **kw):
+    i = tarfile.TarInfo(name)
+    i.type = kind
+    i.mtime = kw.pop("mtime", 1700000000)
+    i.mode = kw.pop("mode", 0o644)
+    for k, v in kw.items():
+        setattr(i, k, v)
+    i.size = len(data) if kind in (tarfile.REGTYPE,) else 0
+    t.addfile(i, io.BytesIO(data) if data else None)
+add("zoo/", tarfile.DIRTYPE, mode=0o755)
+add("zoo/empty")
+big = bytes((i * 7919 + (i >> 9)) % 251 for i in range(3 * 1024 * 1024 + 17))
+add("zoo/big.bin", data=big, mode=0o600)
+add("zoo/link", tarfile.SYMTYPE, linkname="big.bin", mode=0o777)
+add("zoo/hard", tarfile.LNKTYPE, linkname="zoo/big.bin")
+add("zoo/fifo", tarfile.FIFOTYPE)
+add("zoo/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+add("zoo/loop", tarfile.BLKTYPE, devmajor=7, devminor=0, mode=0o660)
+add("zoo/caf\udce9-latin1.txt", data=b"not utf-8 name\n")
+add("zoo/big-ids", data=b"ids\n", uid=3000000, gid=4000000, uname="someone", gname="somegroup")
+add("zoo/frac-time", data=b"t\n", mtime=1700000000.123456)
+add("zoo/setuid", data=b"#!/bin/sh\n", mode=0o4755)
+add("zoo/sticky/", tarfile.DIRTYPE, mode=0o1777)
+add("zoo/xattr", data=b"x\n", pax_headers={"SCHILY.xattr.user.test": "value", "SCHILY.xattr.user.other": "v2"})
+long_dir = "zoo/" + "d" * 150
+add(long_dir + "/", tarfile.DIRTYPE, mode=0o755)
+add(long_dir + "/" + "f" * 150, data=b"long name\n")
+add("zoo/" + "n" * 99, data=b"99\n")
+t.close()
+b = out.getvalue() + b"\0" * 4096
+sys.stdout.buffer.write(b)
+"##;
+
+/// Builds the directory tree the GNU tar layers are made of. `full` adds what ustar and v7
+/// cannot hold (names over 100/255 bytes, fifos, devices, xattrs).
+pub fn gnu_tree(dir: &Path, full: bool) {
+    make_tree(
+        dir,
+        &[
+            ("etc/", b""),
+            ("etc/config", b"key=value\n"),
+            ("etc/empty", b""),
+            ("bin/", b""),
+            ("bin/prog", b"\x7fELF fake program\n"),
+            ("data/", b""),
+        ],
+    );
+    let big: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
+        .collect();
+    std::fs::write(dir.join("data/big"), &big).unwrap();
+    chmod(&dir.join("bin/prog"), 0o755);
+    chmod(&dir.join("etc/config"), 0o640);
+    std::os::unix::fs::symlink("../etc/config", dir.join("bin/config-link")).unwrap();
+    std::fs::hard_link(dir.join("etc/config"), dir.join("etc/config-hard")).unwrap();
+    if full {
+        let long = dir.join("l".repeat(120)).join("m".repeat(140));
+        std::fs::create_dir_all(&long).unwrap();
+        std::fs::write(long.join("file"), b"deep\n").unwrap();
+        std::fs::write(dir.join("x".repeat(180)), b"long single name\n").unwrap();
+        crate::run(std::process::Command::new("mkfifo").arg(dir.join("etc/fifo")));
+        crate::run(
+            std::process::Command::new("mknod")
+                .arg(dir.join("etc/zero"))
+                .args(["c", "1", "5"]),
+        );
+        crate::run(
+            std::process::Command::new("setfattr")
+                .args(["-n", "user.comment", "-v", "hello xattr"])
+                .arg(dir.join("etc/config")),
+        );
+    }
+}
+
+/// Tars for the layer tests: name → uncompressed layer tar.
+pub fn layer_tars(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let full = dir.join("full");
+    gnu_tree(&full, true);
+    let simple = dir.join("simple");
+    gnu_tree(&simple, false);
+    out.push(("gnu".to_string(), gnu_tar(&full, TarFormat::Gnu, &[])));
+    out.push(("posix".to_string(), gnu_tar(&full, TarFormat::Posix, &[])));
+    out.push(("ustar".to_string(), gnu_tar(&simple, TarFormat::Ustar, &[])));
+    out.push(("v7".to_string(), gnu_tar(&simple, TarFormat::V7, &[])));
+    out.push(("pyzoo".to_string(), crate::python_tar(PY_ZOO)));
+    // A layer of whiteouts and an opaque directory, over the simple tree.
+    let wh = dir.join("wh");
+    make_tree(
+        &wh,
+        &[
+            ("etc/.wh.config", b""),
+            ("data/.wh..wh..opq", b""),
+            ("data/replacement", b"new\n"),
+            ("bin/.wh.prog", b""),
+        ],
+    );
+    out.push((
+        "whiteouts".to_string(),
+        gnu_tar(&wh, TarFormat::Gnu, &["--owner=0", "--group=0"]),
+    ));
+    out
+}
