@@ -344,8 +344,24 @@ impl Layer {
 
     /// Writes the layer's tar to the file `path`: to a temporary file in the same directory,
     /// renamed into place only when the export succeeded (and verified). On any error the
-    /// temporary file is removed and `path` is left as it was.
+    /// temporary file is removed and `path` is left as it was. If `path` exists and is not a
+    /// regular file (a FIFO, `/dev/null`, a terminal), the tar is written into it directly.
     pub fn export_to_path(&self, path: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+        if let Ok(md) = std::fs::metadata(path) {
+            if md.is_dir() {
+                return Err(StorageError::io(
+                    path,
+                    std::io::Error::from(std::io::ErrorKind::IsADirectory),
+                ));
+            }
+            if !md.is_file() {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| StorageError::io(path, e))?;
+                return self.export_to_fd(f.as_fd(), path, opts);
+            }
+        }
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

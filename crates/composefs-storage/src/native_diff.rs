@@ -139,8 +139,13 @@ impl<W: Write> Gen<'_, W> {
                 continue;
             }
             let mut h = TarHeader::new(path.clone(), EntryType::Regular);
-            // c/storage's FileInfoHeader keeps the file type bits in the mode field.
-            h.mode = st.st_mode & 0o177777;
+            // c/storage's FileInfoHeader keeps the file type bits in the mode field; whiteout
+            // files get plain permission bits, as in the whiteouts c/storage synthesizes.
+            h.mode = if name.starts_with(b".wh.") {
+                st.st_mode & 0o7777
+            } else {
+                st.st_mode & 0o177777
+            };
             h.mtime = st.st_mtime;
             let is_wh_name = name.starts_with(b".wh.");
             let (uid, gid) = if is_wh_name {

@@ -938,7 +938,7 @@ mod tests {
         // base-256
         assert_eq!(parse_numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1]).unwrap(), 1);
         assert_eq!(
-            parse_numeric(&[0x80, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
+            parse_numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]).unwrap(),
             1 << 32
         );
         assert_eq!(parse_numeric(&[0xff; 12]).unwrap(), -1);

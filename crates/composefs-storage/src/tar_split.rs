@@ -67,8 +67,27 @@ pub fn crc64_go_iso(data: &[u8]) -> u64 {
 
 /// Lexical path cleaning with Go's `path.Clean` rules, on bytes.
 pub(crate) fn clean_name(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 1);
+    clean_name_into(name, &mut out);
+    out
+}
+
+/// [`clean_name`] into a reused buffer.
+pub(crate) fn clean_name_into(name: &[u8], out: &mut Vec<u8>) {
+    out.clear();
     if name.is_empty() {
-        return b".".to_vec();
+        out.push(b'.');
+        return;
+    }
+    // Fast path: already clean (no empty, "." or ".." components, no trailing slash).
+    if name[name.len() - 1] != b'/'
+        && !name
+            .split(|&c| c == b'/')
+            .enumerate()
+            .any(|(i, c)| (c.is_empty() && i > 0) || c == b"." || c == b"..")
+    {
+        out.extend_from_slice(name);
+        return;
     }
     let rooted = name[0] == b'/';
     let mut parts: Vec<&[u8]> = Vec::new();
@@ -85,7 +104,6 @@ pub(crate) fn clean_name(name: &[u8]) -> Vec<u8> {
             c => parts.push(c),
         }
     }
-    let mut out = Vec::with_capacity(name.len() + 1);
     if rooted {
         out.push(b'/');
     }
@@ -98,7 +116,6 @@ pub(crate) fn clean_name(name: &[u8]) -> Vec<u8> {
     if out.is_empty() {
         out.push(b'.');
     }
-    out
 }
 
 /// The path, relative to a layer's diff directory, that holds the content of tar member
@@ -127,6 +144,7 @@ pub(crate) struct TarSplitReader<R> {
     payload: Vec<u8>,
     name: Vec<u8>,
     line_no: u64,
+    cleaned: Vec<u8>,
     seen: HashSet<u128>,
     hashers: (std::hash::RandomState, std::hash::RandomState),
     layer: String,
@@ -141,6 +159,7 @@ impl<R: BufRead> TarSplitReader<R> {
             payload: Vec::with_capacity(4096),
             name: Vec::with_capacity(256),
             line_no: 0,
+            cleaned: Vec::with_capacity(256),
             seen: HashSet::new(),
             hashers: (std::hash::RandomState::new(), std::hash::RandomState::new()),
             layer: layer.to_string(),
@@ -218,10 +237,12 @@ impl<R: BufRead> TarSplitReader<R> {
                 return Ok(None);
             }
             self.line_no += 1;
-            if self.line.iter().all(|c| c.is_ascii_whitespace()) {
-                continue;
+            // Lines start with '{'; only blank lines are skipped.
+            if self.line.first() == Some(&b'{')
+                || !self.line.iter().all(|c| c.is_ascii_whitespace())
+            {
+                break;
             }
-            break;
         }
         let line: Line<'_> =
             serde_json::from_slice(&self.line).map_err(|e| StorageError::TarSplit {
@@ -269,7 +290,8 @@ impl<R: BufRead> TarSplitReader<R> {
                         }
                     }
                 };
-                let h = self.name_hash(&clean_name(&self.name));
+                clean_name_into(&self.name, &mut self.cleaned);
+                let h = self.name_hash(&self.cleaned);
                 if !self.seen.insert(h) {
                     return Err(self.err(format!(
                         "duplicate path {:?} (tar-split refuses repeated paths)",
@@ -293,7 +315,7 @@ impl<R: BufRead> TarSplitReader<R> {
 }
 
 fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 /// Opens a gzip'd tar-split file for reading (multi-member gzip accepted).
@@ -313,6 +335,9 @@ pub(crate) struct FileGetter {
     diff: Dir,
     diff_path: PathBuf,
     lowers: Option<Vec<(Dir, PathBuf)>>,
+    /// The parent directory of the last file opened in `diff` (tar members come grouped by
+    /// directory, so this saves most path walks).
+    parent: Option<(PathBuf, Dir)>,
 }
 
 impl FileGetter {
@@ -323,6 +348,7 @@ impl FileGetter {
             diff,
             diff_path,
             lowers: None,
+            parent: None,
         })
     }
 
@@ -332,6 +358,25 @@ impl FileGetter {
             file: String::from_utf8_lossy(name).into_owned(),
             message: msg.into(),
         }
+    }
+
+    /// Opens `rel` beneath the diff directory, through a cached handle of its parent
+    /// directory (itself opened beneath the diff directory, so the result is the same as
+    /// opening the whole path beneath it).
+    fn open_in_diff(&mut self, rel: &Path) -> std::io::Result<(File, u64)> {
+        let (Some(parent), Some(file_name)) = (rel.parent(), rel.file_name()) else {
+            return fsutil::open_regular(&self.diff, rel, Follow::No);
+        };
+        if parent.as_os_str().is_empty() {
+            return fsutil::open_regular(&self.diff, rel, Follow::No);
+        }
+        if self.parent.as_ref().map(|(p, _)| p.as_path()) != Some(parent) {
+            self.parent = None;
+            let d = fsutil::open_dir(&self.diff, parent)?;
+            self.parent = Some((parent.to_owned(), d));
+        }
+        let dir = &self.parent.as_ref().map(|(_, d)| d).unwrap_or(&self.diff);
+        fsutil::open_regular(dir, Path::new(file_name), Follow::No)
     }
 
     /// Opens the content of tar member `name`; returns the file and its size on disk.
@@ -356,7 +401,7 @@ impl FileGetter {
                 _ => StorageError::io(dir.join(rel), e),
             }
         };
-        match fsutil::open_regular(&self.diff, &rel, Follow::No) {
+        match self.open_in_diff(&rel) {
             Ok(f) => return Ok(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(describe(e, &self.diff_path, &rel)),

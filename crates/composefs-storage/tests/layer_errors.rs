@@ -377,3 +377,62 @@ fn tar_names(tar: &[u8]) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+#[test]
+fn export_to_a_device_or_fifo_path_writes_into_it() {
+    let one = One::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A character device like /dev/null must stay a device (never be renamed over).
+    let null = dir.path().join("null");
+    testutil::run(
+        std::process::Command::new("mknod")
+            .arg(&null)
+            .args(["c", "1", "3"]),
+    );
+    one.layer()
+        .export_to_path(&null, &ExportOptions::default())
+        .unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // A FIFO gets the stream.
+    let fifo = dir.path().join("fifo");
+    testutil::run(std::process::Command::new("mkfifo").arg(&fifo));
+    let f2 = fifo.clone();
+    let reader = std::thread::spawn(move || std::fs::read(f2).unwrap());
+    one.layer()
+        .export_to_path(&fifo, &ExportOptions::default())
+        .unwrap();
+    let got = reader.join().unwrap();
+    let mut want = Vec::new();
+    one.layer()
+        .export(&mut want, &ExportOptions::default())
+        .unwrap();
+    assert!(got == want);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A directory is an error.
+    let e = one
+        .layer()
+        .export_to_path(dir.path(), &ExportOptions::default())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&dir.path().display().to_string()),
+        "{e}"
+    );
+    // Nothing else was created in the directory.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
