@@ -68,6 +68,7 @@ pub mod error;
 pub mod export;
 mod fsutil;
 pub mod image;
+pub mod image_export;
 pub mod layer;
 mod lock;
 pub mod manifest;

@@ -67,3 +67,109 @@ pub fn layer(l: &Layer, output: Option<&Path>, verify: Verify) -> Result<()> {
     }
     Ok(())
 }
+
+/// The name to record for an image looked up by `query`: the stored name it matched, else
+/// the image's first name.
+fn record_name(img: &composefs_storage::Image, query: &str) -> Option<String> {
+    let names = img.names();
+    if names.iter().any(|n| n == query) {
+        return Some(query.to_string());
+    }
+    if let Ok(r) = composefs_storage::reference::Reference::parse_normalized(query) {
+        let full = r.with_default_tag().to_string();
+        if names.contains(&full) {
+            return Some(full);
+        }
+        if let Ok(l) =
+            composefs_storage::reference::Reference::parse_normalized(&format!("localhost/{query}"))
+        {
+            let full = l.with_default_tag().to_string();
+            if names.contains(&full) {
+                return Some(full);
+            }
+        }
+    }
+    names.iter().find(|n| !n.contains('@')).cloned()
+}
+
+pub fn images(
+    storage: &composefs_storage::Storage,
+    queries: &[String],
+    output: &Path,
+    format: composefs_storage::image_export::ArchiveFormat,
+    compression: composefs_storage::image_export::LayerCompression,
+    level: Option<i32>,
+    jobs: usize,
+) -> Result<()> {
+    use composefs_storage::image_export::{ExportItem, ImageExportOptions, export_images};
+    let mut items = Vec::new();
+    for q in queries {
+        let image = storage.find_image(q)?;
+        let name = record_name(&image, q);
+        items.push(ExportItem { image, name });
+    }
+    let mut opts = ImageExportOptions::new(format);
+    opts.compression = compression;
+    opts.level = level;
+    opts.jobs = jobs;
+    // Progress: a bar per layer and one for the total, on a terminal only.
+    let mut total: u64 = 0;
+    let mut seen = std::collections::HashSet::new();
+    for it in &items {
+        for l in it.image.layers()? {
+            if seen.insert(l.id().to_string()) {
+                total += l.diff_size().unwrap_or(0);
+            }
+        }
+    }
+    let multi = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::MultiProgress::new);
+    if let Some(m) = &multi {
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg:>14} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let total_bar = m.add(
+            indicatif::ProgressBar::new(total)
+                .with_style(style.clone())
+                .with_message("total"),
+        );
+        let bars: std::sync::Mutex<
+            std::collections::HashMap<String, (indicatif::ProgressBar, u64)>,
+        > = Default::default();
+        let m2 = m.clone();
+        opts.progress = Some(Arc::new(move |id: &str, n: u64, len: Option<u64>| {
+            let Ok(mut b) = bars.lock() else { return };
+            let entry = b.entry(id.to_string()).or_insert_with(|| {
+                let pb = m2.insert_before(
+                    &total_bar,
+                    indicatif::ProgressBar::new(len.unwrap_or(0)).with_style(style.clone()),
+                );
+                pb.set_message(crate::fmt::short_id(id).to_string());
+                (pb, 0)
+            });
+            total_bar.inc(n.saturating_sub(entry.1));
+            entry.1 = n;
+            entry.0.set_position(n);
+        }));
+    }
+    let report = export_images(&items, output, &opts)?;
+    if let Some(m) = multi {
+        let _ = m.clear();
+    }
+    for (id, digest, name) in &report.images {
+        log::info!(
+            "exported {id} {} {}",
+            digest.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            name.as_deref().unwrap_or("")
+        );
+    }
+    log::info!(
+        "{} layer blobs written ({} bytes), {} reused",
+        report.blobs_written,
+        report.bytes,
+        report.blobs_reused
+    );
+    Ok(())
+}

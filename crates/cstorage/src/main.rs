@@ -12,13 +12,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use composefs_storage::{Storage, StorageConfig};
 
 use crate::fmt::{human_ago, human_size, short_id, table};
 use crate::views::{ContainerSummary, ImageDetail, ImageSummary, Info, LayerDetail, LayerSummary};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Table,
     Json,
@@ -42,9 +42,9 @@ struct Cli {
     /// repeatable).
     #[arg(long, global = true, value_name = "OPTION")]
     storage_opt: Vec<String>,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value = "table")]
-    format: Format,
+    /// Output format: table or json; for `image export`: oci, oci-archive or docker-archive.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    format: Option<String>,
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -89,6 +89,24 @@ enum ImageCommand {
         /// Image ID, ID prefix, name, reference or digest.
         #[arg(required = true)]
         images: Vec<String>,
+    },
+    /// Export images to an OCI layout, an oci-archive or a docker-archive.
+    Export {
+        /// Images (ID, prefix, name, reference or digest); several share one layout/archive.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Output: a directory for `oci` (created or added to), a file for archives.
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+        /// Layer compression for OCI formats: none, gzip or zstd.
+        #[arg(long, default_value = "none", value_name = "ALGO")]
+        compress: composefs_storage::image_export::LayerCompression,
+        /// Compression level (gzip 0-9, default 1; zstd 1-22, default 3).
+        #[arg(long, value_name = "N")]
+        level: Option<i32>,
+        /// Layers exported in parallel (default: number of CPUs).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        jobs: usize,
     },
 }
 
@@ -188,11 +206,17 @@ fn open_storage(cli: &Cli) -> Result<Storage> {
 fn run(cli: Cli) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
+    let format = match (cli.format.as_deref(), &cli.command) {
+        (_, Command::Image(ImageCommand::Export { .. })) => Format::Table,
+        (None | Some("table"), _) => Format::Table,
+        (Some("json"), _) => Format::Json,
+        (Some(o), _) => anyhow::bail!("--format {o:?}: expected table or json"),
+    };
     let storage = open_storage(&cli)?;
     match &cli.command {
         Command::Info => {
             let info = Info::new(&storage)?;
-            if cli.format == Format::Json {
+            if format == Format::Json {
                 fmt::json(&mut out, &info)?;
             } else {
                 let v = serde_json::to_value(&info)?;
@@ -216,7 +240,7 @@ fn run(cli: Cli) -> Result<()> {
                 for i in &images {
                     writeln!(out, "{}", i.id())?;
                 }
-            } else if cli.format == Format::Json {
+            } else if format == Format::Json {
                 let v: Vec<ImageSummary> = images.iter().map(ImageSummary::new).collect();
                 fmt::json(&mut out, &v)?;
             } else {
@@ -253,6 +277,21 @@ fn run(cli: Cli) -> Result<()> {
                 )?;
             }
         }
+        Command::Image(ImageCommand::Export {
+            images,
+            output,
+            compress,
+            level,
+            jobs,
+        }) => {
+            let archive = cli
+                .format
+                .as_deref()
+                .unwrap_or("oci")
+                .parse::<composefs_storage::image_export::ArchiveFormat>()
+                .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+            export::images(&storage, images, output, archive, *compress, *level, *jobs)?;
+        }
         Command::Image(ImageCommand::Inspect { images }) => {
             let mut v = Vec::new();
             for q in images {
@@ -273,7 +312,7 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|l| LayerSummary::new(l, users.get(l.id()).cloned().unwrap_or_default()))
                     .collect();
-                if cli.format == Format::Json {
+                if format == Format::Json {
                     fmt::json(&mut out, &summaries)?;
                 } else {
                     let rows: Vec<Vec<String>> = layers
@@ -320,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Layer(LayerCommand::Ls { layer, image, long }) => {
             let l = resolve_layer(&storage, layer, image.as_deref())?;
-            ls::layer(&l, &mut out, *long, cli.format == Format::Json)?;
+            ls::layer(&l, &mut out, *long, format == Format::Json)?;
         }
         Command::Layer(LayerCommand::Inspect { layers }) => {
             let mut v = Vec::new();
@@ -336,7 +375,7 @@ fn run(cli: Cli) -> Result<()> {
                 for c in &ctrs {
                     writeln!(out, "{}", c.id)?;
                 }
-            } else if cli.format == Format::Json {
+            } else if format == Format::Json {
                 let v: Vec<ContainerSummary> = ctrs.iter().map(ContainerSummary::new).collect();
                 fmt::json(&mut out, &v)?;
             } else {

@@ -1,0 +1,753 @@
+//! Exporting images straight from the store: OCI image layout (directory or `oci-archive`)
+//! and `docker-archive` (the layout `podman save` writes).
+//!
+//! The config blob is the stored config's bytes unchanged. Layers are rebuilt from tar-split
+//! and checked against their DiffIDs while they are written (see [`crate::export`]);
+//! uncompressed by default, so their digests are the DiffIDs, or compressed (gzip, zstd) in
+//! parallel across layers. Every blob is written under a temporary name and renamed to its
+//! digest only after the digest was checked, so an interrupted export never leaves a blob
+//! whose name lies about its content. An existing OCI layout is added to: its blobs are
+//! reused and its `index.json` keeps its other entries. Archives are written to a temporary
+//! file renamed into place when complete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use oci_spec::image::Digest;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Result, StorageError};
+use crate::export::{ExportOptions, Verify};
+use crate::image::Image;
+use crate::layer::Layer;
+use crate::manifest::{
+    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST, hex_digest,
+};
+use crate::tar_header::{BLOCK, EntryType, TarHeader, padding};
+
+/// What to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchiveFormat {
+    /// An OCI image layout directory.
+    #[default]
+    Oci,
+    /// An OCI image layout in a tar file.
+    OciArchive,
+    /// A docker-archive tar (`podman save`'s format).
+    DockerArchive,
+}
+
+impl std::str::FromStr for ArchiveFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "oci" | "oci-dir" => Ok(ArchiveFormat::Oci),
+            "oci-archive" => Ok(ArchiveFormat::OciArchive),
+            "docker-archive" => Ok(ArchiveFormat::DockerArchive),
+            o => Err(format!(
+                "{o:?} is not one of oci, oci-archive, docker-archive"
+            )),
+        }
+    }
+}
+
+/// Compression of the exported layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerCompression {
+    /// Uncompressed tars (their digests are the DiffIDs).
+    #[default]
+    None,
+    /// gzip (zlib-rs, level 1 by default).
+    Gzip,
+    /// zstd (level 3 by default).
+    Zstd,
+}
+
+impl std::str::FromStr for LayerCompression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(LayerCompression::None),
+            "gzip" => Ok(LayerCompression::Gzip),
+            "zstd" => Ok(LayerCompression::Zstd),
+            o => Err(format!("{o:?} is not one of none, gzip, zstd")),
+        }
+    }
+}
+
+/// Progress callback: (layer ID, bytes of that layer's tar written so far, its total if known).
+pub type ImageProgress = Arc<dyn Fn(&str, u64, Option<u64>) + Send + Sync>;
+
+/// Options of an image export.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ImageExportOptions {
+    /// Output format.
+    pub format: ArchiveFormat,
+    /// Layer compression (OCI formats only).
+    pub compression: LayerCompression,
+    /// Compression level (gzip 0-9, zstd 1-22); `None` for the default.
+    pub level: Option<i32>,
+    /// Layers exported at once (default: the number of CPUs).
+    pub jobs: usize,
+    /// Progress callback.
+    pub progress: Option<ImageProgress>,
+}
+
+impl ImageExportOptions {
+    /// Options for a format, with defaults otherwise.
+    pub fn new(format: ArchiveFormat) -> Self {
+        ImageExportOptions {
+            format,
+            ..Default::default()
+        }
+    }
+}
+
+/// One image to export and the name to record for it (`org.opencontainers.image.ref.name`
+/// in OCI layouts, `RepoTags` in docker-archive).
+#[derive(Debug, Clone)]
+pub struct ExportItem {
+    /// The image.
+    pub image: Image,
+    /// The name to record, if any.
+    pub name: Option<String>,
+}
+
+/// What an image export wrote.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ImageExportReport {
+    /// Per image: its ID, the digest of the manifest written (OCI formats), its name.
+    pub images: Vec<(String, Option<Digest>, Option<String>)>,
+    /// Layer blobs written.
+    pub blobs_written: usize,
+    /// Layer blobs already present and reused.
+    pub blobs_reused: usize,
+    /// Bytes of layer blobs written.
+    pub bytes: u64,
+}
+
+/// A blob of the export: digest, size, media type.
+#[derive(Debug, Clone)]
+struct BlobInfo {
+    digest: Digest,
+    size: u64,
+    media_type: String,
+}
+
+struct Prepared {
+    image: Image,
+    name: Option<String>,
+    config: Vec<u8>,
+    config_digest: Digest,
+    layers: Vec<Layer>,
+    annotations: Option<Value>,
+}
+
+fn hex(d: &Digest) -> &str {
+    d.digest()
+}
+
+/// A writer that hashes and counts what passes through.
+struct HashWriter<W> {
+    inner: W,
+    sha: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.sha.update(&b[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn tmp_name(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!(".{prefix}.tmp-{}-{:x}", std::process::id(), h.finish())
+}
+
+/// Removes a temporary file when dropped unless disarmed.
+struct TmpGuard(Option<PathBuf>);
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Writes `bytes` as blob `digest` in `dir` (temporary name, then rename), unless present.
+fn put_blob_bytes(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<bool> {
+    let dst = dir.join(hex(digest));
+    if dst.is_file() {
+        return Ok(false);
+    }
+    let tmp = dir.join(tmp_name("blob"));
+    let mut guard = TmpGuard(Some(tmp.clone()));
+    std::fs::write(&tmp, bytes).map_err(|e| StorageError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io(&dst, e))?;
+    guard.0 = None;
+    Ok(true)
+}
+
+/// Writes a layer blob into `dir` (compressed or not), verified, named by its digest.
+fn put_layer_blob(
+    dir: &Path,
+    layer: &Layer,
+    compression: LayerCompression,
+    level: Option<i32>,
+    progress: Option<&ImageProgress>,
+) -> Result<(BlobInfo, bool)> {
+    let diff_id = layer.diff_id().ok_or_else(|| {
+        StorageError::layer(
+            layer.id(),
+            "has no DiffID; it cannot be exported as an image layer",
+        )
+    })?;
+    let mut opts = ExportOptions::new(Verify::Digest);
+    if let Some(p) = progress {
+        let p = p.clone();
+        let id = layer.id().to_string();
+        let total = layer.diff_size();
+        opts = opts.with_progress(Arc::new(move |n| p(&id, n, total)));
+    }
+    if compression == LayerCompression::None {
+        let dst = dir.join(hex(&diff_id));
+        let info = BlobInfo {
+            digest: diff_id.clone(),
+            size: layer.diff_size().unwrap_or(0),
+            media_type: MEDIA_TYPE_OCI_LAYER.into(),
+        };
+        if let Ok(md) = std::fs::metadata(&dst) {
+            if md.is_file() && layer.diff_size().is_none_or(|s| s == md.len()) {
+                return Ok((
+                    BlobInfo {
+                        size: md.len(),
+                        ..info
+                    },
+                    false,
+                ));
+            }
+        }
+        let tmp = dir.join(tmp_name("layer"));
+        let mut guard = TmpGuard(Some(tmp.clone()));
+        let f = File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+        let rep = layer.export_to_fd(f.as_fd(), &tmp, &opts)?;
+        drop(f);
+        std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io(&dst, e))?;
+        guard.0 = None;
+        return Ok((
+            BlobInfo {
+                size: rep.bytes,
+                ..info
+            },
+            true,
+        ));
+    }
+    let tmp = dir.join(tmp_name("layer"));
+    let mut guard = TmpGuard(Some(tmp.clone()));
+    let f = File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+    let hw = HashWriter {
+        inner: BufWriter::with_capacity(1 << 20, f),
+        sha: Sha256::new(),
+        n: 0,
+    };
+    let (hw, media_type) = match compression {
+        LayerCompression::Gzip => {
+            let lvl = level.unwrap_or(1).clamp(0, 9) as u32;
+            let mut enc = flate2::write::GzEncoder::new(hw, flate2::Compression::new(lvl));
+            layer.export(&mut enc, &opts)?;
+            (
+                enc.finish().map_err(|e| StorageError::io(&tmp, e))?,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        }
+        LayerCompression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(hw, level.unwrap_or(3))
+                .map_err(|e| StorageError::io(&tmp, e))?;
+            layer.export(&mut enc, &opts)?;
+            (
+                enc.finish().map_err(|e| StorageError::io(&tmp, e))?,
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            )
+        }
+        LayerCompression::None => unreachable!("handled above"),
+    };
+    let HashWriter { inner, sha, n } = hw;
+    inner
+        .into_inner()
+        .map_err(|e| StorageError::io(&tmp, e.into_error()))?
+        .sync_all()
+        .ok();
+    let digest = hex_digest(&sha.finalize());
+    let dst = dir.join(hex(&digest));
+    let fresh = !dst.is_file();
+    std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io(&dst, e))?;
+    guard.0 = None;
+    Ok((
+        BlobInfo {
+            digest,
+            size: n,
+            media_type: media_type.into(),
+        },
+        fresh,
+    ))
+}
+
+/// Exports layers in parallel into `dir`; returns layer ID → blob.
+fn export_layers(
+    dir: &Path,
+    layers: &[Layer],
+    opts: &ImageExportOptions,
+    report: &mut ImageExportReport,
+) -> Result<HashMap<String, BlobInfo>> {
+    let queue = Mutex::new(layers.to_vec());
+    let results: Mutex<HashMap<String, (BlobInfo, bool)>> = Mutex::new(HashMap::new());
+    let failed: Mutex<Option<StorageError>> = Mutex::new(None);
+    let jobs = if opts.jobs == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        opts.jobs
+    }
+    .min(layers.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let Some(l) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                        return;
+                    };
+                    match put_layer_blob(
+                        dir,
+                        &l,
+                        opts.compression,
+                        opts.level,
+                        opts.progress.as_ref(),
+                    ) {
+                        Ok(r) => {
+                            if let Ok(mut m) = results.lock() {
+                                m.insert(l.id().to_string(), r);
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut out = HashMap::new();
+    for (id, (info, fresh)) in results {
+        if fresh {
+            report.blobs_written += 1;
+            report.bytes += info.size;
+        } else {
+            report.blobs_reused += 1;
+        }
+        out.insert(id, info);
+    }
+    Ok(out)
+}
+
+fn prepare(items: &[ExportItem]) -> Result<Vec<Prepared>> {
+    items
+        .iter()
+        .map(|it| {
+            let img = &it.image;
+            let manifest = img.manifest()?;
+            if !manifest.kind().is_image() {
+                return Err(StorageError::image(
+                    img.id(),
+                    format!(
+                        "its manifest is {}; only OCI and Docker schema 2 images can be exported",
+                        manifest.kind().media_type()
+                    ),
+                ));
+            }
+            let parsed: Value = serde_json::from_slice(manifest.bytes())
+                .map_err(|e| StorageError::image(img.id(), format!("manifest: {e}")))?;
+            let config = img.config_bytes()?;
+            let config_digest = img.config_digest()?;
+            let layers = img.layers()?;
+            Ok(Prepared {
+                image: img.clone(),
+                name: it.name.clone(),
+                config,
+                config_digest,
+                layers,
+                annotations: parsed.get("annotations").cloned(),
+            })
+        })
+        .collect()
+}
+
+fn unique_layers(prepared: &[Prepared]) -> Vec<Layer> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for p in prepared {
+        for l in &p.layers {
+            if seen.insert(l.id().to_string()) {
+                out.push(l.clone());
+            }
+        }
+    }
+    out
+}
+
+fn oci_manifest(p: &Prepared, blobs: &HashMap<String, BlobInfo>) -> Result<Vec<u8>> {
+    let layers: Vec<Value> = p
+        .layers
+        .iter()
+        .map(|l| {
+            let b = &blobs[l.id()];
+            json!({"mediaType": b.media_type, "digest": b.digest.to_string(), "size": b.size})
+        })
+        .collect();
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": MEDIA_TYPE_OCI_CONFIG, "digest": p.config_digest.to_string(), "size": p.config.len()},
+        "layers": layers,
+    });
+    if let Some(a) = &p.annotations {
+        m["annotations"] = a.clone();
+    }
+    serde_json::to_vec(&m).map_err(|e| StorageError::image(p.image.id(), e.to_string()))
+}
+
+/// Writes the OCI layout metadata (blobs already in `root/blobs/sha256`).
+fn write_oci_layout(
+    root: &Path,
+    prepared: &[Prepared],
+    blobs: &HashMap<String, BlobInfo>,
+    report: &mut ImageExportReport,
+) -> Result<()> {
+    let blob_dir = root.join("blobs/sha256");
+    let layout_file = root.join("oci-layout");
+    if !layout_file.exists() {
+        put_file(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    }
+    let index_path = root.join("index.json");
+    let mut index: Value = match std::fs::read(&index_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            StorageError::corrupt(&index_path, format!("existing index.json is not JSON: {e}"))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            json!({"schemaVersion": 2, "manifests": []})
+        }
+        Err(e) => return Err(StorageError::io(&index_path, e)),
+    };
+    if !index["manifests"].is_array() {
+        index["manifests"] = json!([]);
+    }
+    index["mediaType"] = json!("application/vnd.oci.image.index.v1+json");
+    for p in prepared {
+        put_blob_bytes(&blob_dir, &p.config_digest, &p.config)?;
+        let m = oci_manifest(p, blobs)?;
+        let md = hex_digest(&Sha256::digest(&m));
+        put_blob_bytes(&blob_dir, &md, &m)?;
+        let mut entry = json!({"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": md.to_string(), "size": m.len()});
+        if let Some(n) = &p.name {
+            entry["annotations"] = json!({"org.opencontainers.image.ref.name": n});
+            if let Some(arr) = index["manifests"].as_array_mut() {
+                arr.retain(|e| {
+                    e["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(n)
+                });
+            }
+        }
+        if let Some(arr) = index["manifests"].as_array_mut() {
+            arr.push(entry);
+        }
+        report
+            .images
+            .push((p.image.id().to_string(), Some(md), p.name.clone()));
+    }
+    let b = serde_json::to_vec(&index)
+        .map_err(|e| StorageError::io(&index_path, std::io::Error::other(e)))?;
+    put_file(&index_path, &b)
+}
+
+/// Writes a small file atomically (temporary name, then rename).
+fn put_file(path: &Path, b: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(tmp_name("meta"));
+    let mut guard = TmpGuard(Some(tmp.clone()));
+    std::fs::write(&tmp, b).map_err(|e| StorageError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
+    guard.0 = None;
+    Ok(())
+}
+
+/// Appends a directory tree (files and symlinks) to a tar, sorted by name.
+fn tar_tree(out: &mut impl Write, root: &Path, rel: &Path) -> std::io::Result<()> {
+    let mut names: Vec<_> =
+        std::fs::read_dir(root.join(rel))?.collect::<std::io::Result<Vec<_>>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let r = rel.join(&name);
+        let md = std::fs::symlink_metadata(root.join(&r))?;
+        use std::os::unix::ffi::OsStrExt;
+        let rb = r.as_os_str().as_bytes().to_vec();
+        if md.is_dir() {
+            let mut h = TarHeader::new([rb, b"/".to_vec()].concat(), EntryType::Directory);
+            h.mode = 0o755;
+            out.write_all(&h.to_bytes())?;
+            tar_tree(out, root, &r)?;
+        } else if md.file_type().is_symlink() {
+            let mut h = TarHeader::new(rb, EntryType::Symlink);
+            h.mode = 0o777;
+            use std::os::unix::ffi::OsStringExt;
+            h.link_target = std::fs::read_link(root.join(&r))?
+                .into_os_string()
+                .into_vec();
+            out.write_all(&h.to_bytes())?;
+        } else {
+            let mut h = TarHeader::new(rb, EntryType::Regular);
+            h.mode = 0o644;
+            h.size = md.len();
+            out.write_all(&h.to_bytes())?;
+            let mut f = File::open(root.join(&r))?;
+            let n = std::io::copy(&mut f, out)?;
+            if n != md.len() {
+                return Err(std::io::Error::other(format!(
+                    "{} changed size while archived",
+                    r.display()
+                )));
+            }
+            out.write_all(&[0u8; BLOCK][..padding(n) as usize])?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a docker-archive tree into `root` (layers already in `root` as `<hex>.tar`).
+fn write_docker_tree(
+    root: &Path,
+    prepared: &[Prepared],
+    blobs: &HashMap<String, BlobInfo>,
+    report: &mut ImageExportReport,
+) -> Result<()> {
+    let mut manifest = Vec::new();
+    let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for p in prepared {
+        let cfg_name = format!("{}.json", hex(&p.config_digest));
+        put_file(&root.join(&cfg_name), &p.config)?;
+        let mut layer_paths = Vec::new();
+        let mut parent = String::new();
+        let mut last = String::new();
+        for (i, l) in p.layers.iter().enumerate() {
+            let b = &blobs[l.id()];
+            let physical = format!("{}.tar", hex(&b.digest));
+            layer_paths.push(physical.clone());
+            // Legacy per-layer directories (VERSION, json, layer.tar -> ../<digest>.tar).
+            let legacy_id = hex(&hex_digest(&Sha256::digest(
+                format!("{parent} {}", b.digest).as_bytes(),
+            )))
+            .to_string();
+            let ld = root.join(&legacy_id);
+            if !ld.exists() {
+                std::fs::create_dir_all(&ld).map_err(|e| StorageError::io(&ld, e))?;
+                put_file(&ld.join("VERSION"), b"1.0")?;
+                let mut cfg = json!({"id": legacy_id});
+                if !parent.is_empty() {
+                    cfg["parent"] = json!(parent);
+                }
+                if i + 1 == p.layers.len() {
+                    if let Ok(Value::Object(c)) = serde_json::from_slice::<Value>(&p.config) {
+                        for k in [
+                            "architecture",
+                            "config",
+                            "container",
+                            "container_config",
+                            "created",
+                            "docker_version",
+                            "os",
+                        ] {
+                            if let Some(v) = c.get(k) {
+                                cfg[k] = v.clone();
+                            }
+                        }
+                    }
+                }
+                put_file(&ld.join("json"), cfg.to_string().as_bytes())?;
+                let link = ld.join("layer.tar");
+                std::os::unix::fs::symlink(format!("../{physical}"), &link)
+                    .map_err(|e| StorageError::io(&link, e))?;
+            }
+            parent = legacy_id.clone();
+            last = legacy_id;
+        }
+        let mut item = json!({"Config": cfg_name, "RepoTags": [], "Layers": layer_paths});
+        if let Some(n) = &p.name {
+            // RepoTags are `name:tag` without a digest.
+            let r = crate::reference::Reference::parse_normalized(n)
+                .map_err(|e| StorageError::image(p.image.id(), e.to_string()))?
+                .with_default_tag();
+            if let Some(tag) = r.tag() {
+                item["RepoTags"] = json!([format!("{}:{tag}", r.repository())]);
+                repositories
+                    .entry(r.repository())
+                    .or_default()
+                    .insert(tag.to_string(), last.clone());
+            }
+        }
+        manifest.push(item);
+        report
+            .images
+            .push((p.image.id().to_string(), None, p.name.clone()));
+    }
+    put_file(
+        &root.join("manifest.json"),
+        serde_json::to_string(&manifest)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    put_file(
+        &root.join("repositories"),
+        serde_json::to_string(&repositories)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Exports `items` to `path` in the chosen format.
+pub fn export_images(
+    items: &[ExportItem],
+    path: &Path,
+    opts: &ImageExportOptions,
+) -> Result<ImageExportReport> {
+    if items.is_empty() {
+        return Err(StorageError::InvalidArgument("no image to export".into()));
+    }
+    if opts.format == ArchiveFormat::DockerArchive && opts.compression != LayerCompression::None {
+        return Err(StorageError::InvalidArgument(
+            "docker-archive layers are always uncompressed".into(),
+        ));
+    }
+    let prepared = prepare(items)?;
+    let layers = unique_layers(&prepared);
+    let mut report = ImageExportReport::default();
+    match opts.format {
+        ArchiveFormat::Oci => {
+            if path.exists() && !path.is_dir() {
+                return Err(StorageError::io(
+                    path,
+                    std::io::Error::other("exists and is not a directory"),
+                ));
+            }
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    return Err(StorageError::io(
+                        path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{} is not a directory", parent.display()),
+                        ),
+                    ));
+                }
+            }
+            let blob_dir = path.join("blobs/sha256");
+            std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
+            let blobs = export_layers(&blob_dir, &layers, opts, &mut report)?;
+            write_oci_layout(path, &prepared, &blobs, &mut report)?;
+        }
+        ArchiveFormat::OciArchive | ArchiveFormat::DockerArchive => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let base = path
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let work = dir.join(tmp_name(&format!("{base}.d")));
+            // Not create_dir_all: a missing parent directory is the caller's error.
+            std::fs::create_dir(&work).map_err(|e| {
+                StorageError::io(
+                    path,
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot create a temporary directory in {}: {e}",
+                            dir.display()
+                        ),
+                    ),
+                )
+            })?;
+            struct DirGuard(PathBuf);
+            impl Drop for DirGuard {
+                fn drop(&mut self) {
+                    let _ = std::fs::remove_dir_all(&self.0);
+                }
+            }
+            let _wg = DirGuard(work.clone());
+            if opts.format == ArchiveFormat::OciArchive {
+                let blob_dir = work.join("blobs/sha256");
+                std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
+                let blobs = export_layers(&blob_dir, &layers, opts, &mut report)?;
+                write_oci_layout(&work, &prepared, &blobs, &mut report)?;
+            } else {
+                let blobs = export_layers(&work, &layers, opts, &mut report)?;
+                // Layers are stored as <digest>.tar.
+                for b in blobs.values() {
+                    let from = work.join(hex(&b.digest));
+                    let to = work.join(format!("{}.tar", hex(&b.digest)));
+                    if from.exists() {
+                        std::fs::rename(&from, &to).map_err(|e| StorageError::io(&to, e))?;
+                    }
+                }
+                write_docker_tree(&work, &prepared, &blobs, &mut report)?;
+            }
+            let tmp = dir.join(tmp_name(&base));
+            let mut guard = TmpGuard(Some(tmp.clone()));
+            let f = File::create(&tmp).map_err(|e| StorageError::io(path, e))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            tar_tree(&mut w, &work, Path::new(""))
+                .and_then(|_| w.write_all(&[0u8; 2 * BLOCK]))
+                .and_then(|_| w.flush())
+                .map_err(|e| StorageError::io(path, e))?;
+            drop(w);
+            std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
+            guard.0 = None;
+        }
+    }
+    Ok(report)
+}
