@@ -79,6 +79,7 @@ pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
 pub mod userns;
+pub mod verify;
 
 pub use config::{AdditionalLayerStore, StorageConfig};
 pub use error::{Result, StorageError};

@@ -173,3 +173,71 @@ pub fn images(
     );
     Ok(())
 }
+
+/// `cstorage verify`: prints a table (or JSON) of checks; returns how many failed.
+pub fn verify(
+    images: &[composefs_storage::Image],
+    jobs: usize,
+    out: &mut impl std::io::Write,
+    json: bool,
+) -> Result<usize> {
+    use composefs_storage::verify::verify_images;
+    let pb = progress_bar(None, "verifying layers".into());
+    let progress: Option<composefs_storage::verify::VerifyProgress> = pb.as_ref().map(|pb| {
+        let pb = pb.clone();
+        let f: composefs_storage::verify::VerifyProgress =
+            Arc::new(move |_id: &str, size: Option<u64>, done: bool| {
+                if done {
+                    pb.inc(size.unwrap_or(0));
+                } else {
+                    pb.inc_length(size.unwrap_or(0));
+                }
+            });
+        f
+    });
+    let checks = verify_images(images, jobs, progress);
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let bad = checks.iter().filter(|c| !c.ok).count();
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &checks)?;
+        writeln!(out)?;
+    } else {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|c| {
+                let detail = if c.ok {
+                    shorten(&c.detail)
+                } else {
+                    c.detail.clone()
+                };
+                vec![
+                    if c.ok { "ok" } else { "FAILED" }.to_string(),
+                    shorten(&c.subject),
+                    detail,
+                ]
+            })
+            .collect();
+        crate::fmt::table(out, &["STATUS", "CHECK", "DETAIL"], &rows)?;
+    }
+    Ok(bad)
+}
+
+/// Shortens 64-hex IDs and digests in a message to 12 characters, for tables.
+fn shorten(s: &str) -> String {
+    s.split(' ')
+        .map(|w| {
+            let (prefix, rest) = match w.split_once(':') {
+                Some((p, r)) if p.ends_with("sha256") => (&w[..p.len() + 1], r),
+                _ => ("", w),
+            };
+            if rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                format!("{prefix}{}", &rest[..12])
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -74,6 +74,19 @@ enum Command {
     /// Layer commands.
     #[command(subcommand)]
     Layer(LayerCommand),
+    /// Check images against the digests the store records: every layer's files (CRC-64) and
+    /// tar (sha256 = diff-digest), manifests and configs, and the config's DiffIDs.
+    /// Exits with status 1 if anything is wrong.
+    Verify {
+        /// Images to check.
+        images: Vec<String>,
+        /// Check every image.
+        #[arg(long, conflicts_with = "images")]
+        all: bool,
+        /// Layers checked in parallel (default: number of CPUs).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        jobs: usize,
+    },
     /// List containers.
     Containers {
         /// Print only container IDs.
@@ -368,6 +381,22 @@ fn run(cli: Cli) -> Result<()> {
                 v.push(LayerDetail::new(&l)?);
             }
             fmt::json(&mut out, &v)?;
+        }
+        Command::Verify { images, all, jobs } => {
+            let imgs = if *all {
+                storage.list_images()?
+            } else {
+                anyhow::ensure!(!images.is_empty(), "name images to verify, or --all");
+                images
+                    .iter()
+                    .map(|q| storage.find_image(q))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let bad = export::verify(&imgs, *jobs, &mut out, format == Format::Json)?;
+            out.flush().context("writing output")?;
+            if bad > 0 {
+                anyhow::bail!("{bad} of the checks failed");
+            }
         }
         Command::Containers { quiet } => {
             let ctrs = storage.list_containers()?;

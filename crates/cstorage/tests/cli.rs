@@ -435,3 +435,90 @@ fn layer_export_refuses_a_terminal_and_warns_for_generated_tars() {
     let e = fails(cstorage(&store).args(["layer", "export", &layer, "--verify", "digest"]));
     assert!(e.contains("no tar-split"), "{e}");
 }
+
+#[test]
+fn verify_reports_exactly_what_is_damaged() {
+    let f = fixture();
+    let store = TestStore::new();
+    for (tag, name) in [
+        ("app1", "localhost/app1:latest"),
+        ("app2", "localhost/app2:latest"),
+        ("dock", "localhost/dock:latest"),
+    ] {
+        store.copy_in(&format!("oci:{}:{tag}", f.layout.display()), name, &[]);
+    }
+    let clean = cstorage(&store)
+        .args(["verify", "--all", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    let checks: Value = serde_json::from_slice(&clean.stdout).unwrap();
+    assert!(checks.as_array().unwrap().iter().all(|c| c["ok"] == true));
+    // 4 distinct layers (shared base), 3 images.
+    let layer_checks = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["subject"].as_str().unwrap().starts_with("layer "))
+        .count();
+    assert_eq!(layer_checks, 4);
+
+    let inspect = |q: &str| json_of(cstorage(&store).args(["image", "inspect", q]))[0].clone();
+    let (app1, app2, dock) = (inspect("app1"), inspect("app2"), inspect("dock"));
+    let top = |v: &Value| v["top_layer"].as_str().unwrap().to_string();
+    // 1. A changed file in app2's top layer.
+    let f2 = store
+        .root
+        .join(format!("overlay/{}/diff/app/two.bin", top(&app2)));
+    let mut b = std::fs::read(&f2).unwrap();
+    b[7] ^= 1;
+    std::fs::write(&f2, b).unwrap();
+    // 2. The tar-split of dock's top layer deleted.
+    std::fs::remove_file(
+        store
+            .root
+            .join(format!("overlay-layers/{}.tar-split.gz", top(&dock))),
+    )
+    .unwrap();
+    // 3. app1's manifest edited.
+    let m = store.root.join(format!(
+        "overlay-images/{}/manifest",
+        app1["id"].as_str().unwrap()
+    ));
+    let mut mb = std::fs::read(&m).unwrap();
+    mb.extend_from_slice(b"\n");
+    std::fs::write(&m, mb).unwrap();
+
+    let out = cstorage(&store)
+        .args(["verify", "--all", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut failed: Vec<String> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["subject"].as_str().unwrap().to_string())
+        .collect();
+    failed.sort();
+    let mut want = vec![
+        format!("image {} big-data manifest", app1["id"].as_str().unwrap()),
+        format!("layer {}", top(&app2)),
+        format!("layer {}", top(&dock)),
+    ];
+    want.sort();
+    assert_eq!(failed, want);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 of the checks failed"), "{err}");
+    // The table says the same.
+    let table = cstorage(&store).args(["verify", "app2"]).output().unwrap();
+    assert_eq!(table.status.code(), Some(1));
+    let t = String::from_utf8_lossy(&table.stdout);
+    assert!(t.contains("FAILED") && t.contains("app/two.bin"), "{t}");
+}
