@@ -198,8 +198,20 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Builds an [`StorageError::Io`] for `path`.
+    /// Builds an [`StorageError::Io`] for `path`. The errors the kernel gives for refused
+    /// symlinks (`openat2` with `RESOLVE_BENEATH`, `O_NOFOLLOW`) are reworded to say so.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let source = match source.raw_os_error() {
+            Some(libc::EXDEV) => std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "resolves outside the store through a symlink or an absolute path; refused",
+            ),
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "is a symlink where none is allowed (or a symlink loop); refused",
+            ),
+            _ => source,
+        };
         StorageError::Io {
             path: path.into(),
             source,

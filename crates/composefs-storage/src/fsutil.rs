@@ -53,7 +53,7 @@ pub(crate) fn openat2_beneath(dir: impl AsFd, path: &Path, flags: OFlags) -> io:
     }
 }
 
-fn not_regular(ft: FileType) -> io::Error {
+pub(crate) fn not_regular(ft: FileType) -> io::Error {
     let what = match ft {
         FileType::Directory => "a directory",
         FileType::Fifo => "a FIFO",

@@ -149,12 +149,11 @@ impl LockFile {
             Ok(fd) => {
                 let st = rustix::fs::fstat(&fd)
                     .map_err(|e| StorageError::io(&self.display, e.into()))?;
-                if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                    != rustix::fs::FileType::RegularFile
-                {
+                let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+                if ft != rustix::fs::FileType::RegularFile {
                     return Err(StorageError::corrupt(
                         &self.display,
-                        "lock file is not a regular file",
+                        format!("lock file: {}", fsutil::not_regular(ft)),
                     ));
                 }
                 Ok(Some(Arc::new(fd)))
@@ -309,6 +308,6 @@ mod tests {
         let dir = Dir::open_ambient_dir(td.path(), ambient_authority()).unwrap();
         let lf = LockFile::new(dir, "f.lock", td.path().join("f.lock"));
         let e = lf.lock_shared().unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(e.to_string().contains("FIFO"), "{e}");
     }
 }
