@@ -25,7 +25,7 @@ machine_info
 echo "image: localhost/big:latest, $($CSTA images --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["size"])') bytes, 3 layers"
 hyperfine --warmup 1 --runs ${RUNS:-3} --export-json "$D/none.json" --prepare "rm -rf $OUT" \
     "$CSTA image export localhost/big:latest -o $OUT" \
-    "skopeo copy -q ${SPEC}localhost/big:latest oci:$OUT:big" >/dev/null
+    "skopeo copy -q --dest-oci-accept-uncompressed-layers ${SPEC}localhost/big:latest oci:$OUT:big" >/dev/null
 echo "== OCI layout, uncompressed (ratio = time / cstorage)"
 ratios "$D/none.json"
 hyperfine --warmup 0 --runs ${RUNS:-3} --export-json "$D/gzip.json" --prepare "rm -rf $OUT" \
