@@ -151,6 +151,12 @@ impl Image {
             });
         };
         let _g = st.lock()?;
+        if !st.refresh()?.contains(self.id()) {
+            return Err(StorageError::Changed {
+                what: format!("image {}", self.id()),
+                message: "it was removed from the store".into(),
+            });
+        }
         let rel = Path::new(self.id()).join(&fname);
         match fsutil::read_file(&dir.dir, &rel, MAX_BIG_DATA) {
             Ok(b) => Ok(b),

@@ -186,6 +186,12 @@ pub(crate) struct ImageIndex {
     by_name: HashMap<String, usize>,
 }
 
+impl ImageIndex {
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+}
+
 /// An image store: `overlay-images` of the imagestore, graph root or an additional store.
 #[derive(Debug)]
 pub(crate) struct ImageStore {
@@ -203,7 +209,8 @@ impl ImageStore {
         self.lock.as_ref().map(|l| l.lock_shared()).transpose()
     }
 
-    fn refresh(&self) -> Result<Arc<ImageIndex>> {
+    /// Must be called with the store's lock held.
+    pub(crate) fn refresh(&self) -> Result<Arc<ImageIndex>> {
         let token = match &self.lock {
             Some(l) => l.token()?,
             None => None,
