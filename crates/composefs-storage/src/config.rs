@@ -341,6 +341,13 @@ fn parse_file(path: &Path, env: &Environment) -> Result<Option<FileOptions>> {
     parse_text(&text, path, env).map(Some)
 }
 
+/// Parses storage.conf text and resolves it as the only configuration file (fuzzing entry).
+#[doc(hidden)]
+pub fn parse_for_fuzzing(text: &str, env: &Environment) -> Result<StorageConfig> {
+    let o = parse_text(text, Path::new("storage.conf"), env)?;
+    StorageConfig::finish(env, o, None)
+}
+
 fn parse_text(text: &str, path: &Path, env: &Environment) -> Result<FileOptions> {
     let f: TomlFile = toml::from_str(text).map_err(|e| StorageError::Config {
         path: path.to_owned(),

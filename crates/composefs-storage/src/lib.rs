@@ -81,6 +81,9 @@ pub mod tar_split;
 pub mod userns;
 pub mod verify;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{AdditionalLayerStore, StorageConfig};
 pub use error::{Result, StorageError};
 pub use export::{ExportOptions, ExportReport, Verify};
