@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,9 @@ use std::sync::OnceLock;
 
 use composefs_storage::rootfs::{self, ChangeKind, FileKind, RootFs};
 use composefs_storage::{Storage, StorageConfig};
-use testutil::fixtures::{ROOTFS_TAGS as TAGS, Rootfs, rootfs as rootfs_fixture};
-use testutil::{TestStore, sha256_hex};
+use std::process::Command;
+use testutil::fixtures::{ROOTFS_TAGS as TAGS, Rootfs, rootfs as rootfs_fixture, rootfs_layer};
+use testutil::{Blob, OciLayout, TestStore, go_arch, run, sha256_hex};
 
 fn fx() -> &'static Rootfs {
     static F: OnceLock<Rootfs> = OnceLock::new();
@@ -177,35 +179,191 @@ fn our_tree(fs: &RootFs) -> (Vec<(String, Entry)>, BTreeSet<Vec<String>>) {
 /// groups; and the walk is depth-first in lexical order of each directory.
 #[test]
 fn whole_tree_matches_umoci() {
-    let fx = fx();
     for (store, s) in stores() {
         for tag in TAGS {
-            let fs = rootfs_of(&s, tag);
-            let (expected, exp_links) = umoci_tree(&fx.umoci[tag]);
-            let (ours, our_links) = our_tree(&fs);
-            let mut sorted = ours.clone();
-            sorted.sort_by(|a, b| {
-                a.0.as_bytes()
-                    .split(|&c| c == b'/')
-                    .cmp(b.0.as_bytes().split(|&c| c == b'/'))
-            });
-            assert!(
-                ours.iter().map(|e| &e.0).eq(sorted.iter().map(|e| &e.0)),
-                "{store} {tag}: walk is not in depth-first lexical order"
-            );
-            let ours: BTreeMap<String, Entry> = ours.into_iter().collect();
-            let only_ours: Vec<_> = ours.keys().filter(|k| !expected.contains_key(*k)).collect();
-            let only_umoci: Vec<_> = expected.keys().filter(|k| !ours.contains_key(*k)).collect();
-            assert!(
-                only_ours.is_empty() && only_umoci.is_empty(),
-                "{store} {tag}: only in ours: {only_ours:?}; only in umoci's: {only_umoci:?}"
-            );
-            for (p, e) in &expected {
-                assert_eq!(&ours[p], e, "{store} {tag}: {p}");
-            }
-            assert_eq!(our_links, exp_links, "{store} {tag}: hard-link groups");
-            assert!(expected.len() > 40, "{tag}: the fixture is too small");
+            assert_tree_matches(store, &rootfs_of(&s, tag), &fx().umoci[tag]);
         }
+    }
+}
+
+fn assert_tree_matches(store: &str, fs: &RootFs, umoci_root: &Path) {
+    assert_tree_matches_masked(store, fs, umoci_root, 0o7777)
+}
+
+/// Compares only the `mode_mask` bits of the modes.
+fn assert_tree_matches_masked(store: &str, fs: &RootFs, umoci_root: &Path, mode_mask: u32) {
+    let tag = umoci_root
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let (expected, exp_links) = umoci_tree(umoci_root);
+    let (ours, our_links) = our_tree(fs);
+    let mut sorted = ours.clone();
+    sorted.sort_by(|a, b| {
+        a.0.as_bytes()
+            .split(|&c| c == b'/')
+            .cmp(b.0.as_bytes().split(|&c| c == b'/'))
+    });
+    assert!(
+        ours.iter().map(|e| &e.0).eq(sorted.iter().map(|e| &e.0)),
+        "{store} {tag}: walk is not in depth-first lexical order"
+    );
+    let ours: BTreeMap<String, Entry> = ours.into_iter().collect();
+    let only_ours: Vec<_> = ours.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let only_umoci: Vec<_> = expected.keys().filter(|k| !ours.contains_key(*k)).collect();
+    assert!(
+        only_ours.is_empty() && only_umoci.is_empty(),
+        "{store} {tag}: only in ours: {only_ours:?}; only in umoci's: {only_umoci:?}"
+    );
+    for (p, e) in &expected {
+        let (mut o, mut e) = (ours[p].clone(), e.clone());
+        o.mode &= mode_mask;
+        e.mode &= mode_mask;
+        assert_eq!(o, e, "{store} {tag}: {p}");
+    }
+    assert_eq!(our_links, exp_links, "{store} {tag}: hard-link groups");
+    assert!(expected.len() > 40, "{tag}: the fixture is too small");
+}
+
+/// Every accepted on-disk form, mixed in one store: a native store whose opaque marker is
+/// switched between `trusted.overlay.opaque`, `user.overlay.opaque`,
+/// `user.fuseoverlayfs.opaque` and a `.wh..wh..opq` file, and whose char 0/0 whiteouts are
+/// turned into `.wh.` files, still gives umoci's tree.
+#[test]
+fn every_whiteout_and_opaque_form() {
+    let dir = fx().layout.parent().unwrap().join("x");
+    let store = TestStore::at(&dir, &[]);
+    store.copy_in(
+        &format!("oci:{}:three", fx().layout.display()),
+        "localhost/three:latest",
+        &[],
+    );
+    let s = open(&store);
+    let fs = rootfs_of(&s, "three");
+    let layer1 = s
+        .find_image("localhost/three:latest")
+        .unwrap()
+        .layers()
+        .unwrap()[1]
+        .clone();
+    let d = layer1.diff_dir().unwrap();
+    let opq = std::fs::File::open(format!("/proc/self/fd/{}/opq", d.as_raw_fd())).unwrap();
+    let names = [
+        "trusted.overlay.opaque",
+        "user.overlay.opaque",
+        "user.fuseoverlayfs.opaque",
+    ];
+    assert_eq!(get_xattr(&opq, names[0]).as_deref(), Some(&b"y"[..]));
+    for name in names {
+        for other in names {
+            let _ = rustix::fs::fremovexattr(&opq, other);
+        }
+        rustix::fs::fsetxattr(&opq, name, b"y", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_tree_matches(name, &fs, &fx().umoci["three"]);
+    }
+    // No xattr at all: the opaque marker is needed (the tree differs), then a file marker.
+    let _ = rustix::fs::fremovexattr(&opq, names[2]);
+    let (ours, _) = our_tree(&fs);
+    assert!(
+        ours.iter().any(|(p, _)| p == "/opq/old1"),
+        "opaque marker removed"
+    );
+    std::fs::write(
+        format!("/proc/self/fd/{}/opq/.wh..wh..opq", d.as_raw_fd()),
+        b"",
+    )
+    .unwrap();
+    assert_tree_matches("opq file", &fs, &fx().umoci["three"]);
+    // Char 0/0 whiteouts → `.wh.` files, in every layer.
+    let mut converted = 0;
+    for l in s
+        .find_image("localhost/three:latest")
+        .unwrap()
+        .layers()
+        .unwrap()
+    {
+        let d = l.diff_dir().unwrap();
+        let base = PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd()));
+        for e in walkdir(&base) {
+            let md = std::fs::symlink_metadata(&e).unwrap();
+            if md.file_type().is_char_device() && md.rdev() == 0 {
+                std::fs::remove_file(&e).unwrap();
+                let name = e.file_name().unwrap().to_str().unwrap();
+                std::fs::write(e.with_file_name(format!(".wh.{name}")), b"").unwrap();
+                converted += 1;
+            }
+        }
+    }
+    assert!(converted >= 3, "{converted} whiteouts converted");
+    assert_tree_matches("wh files", &fs, &fx().umoci["three"]);
+}
+
+fn get_xattr(f: &std::fs::File, name: &str) -> Option<Vec<u8>> {
+    let mut v = vec![0u8; 64];
+    let n = rustix::fs::fgetxattr(f, name, &mut v[..]).ok()?;
+    v.truncate(n);
+    Some(v)
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// A store with `force_mask` (and fuse-overlayfs, which it needs): on-disk modes are forced,
+/// the real owner and mode come from `user.containers.override_stat`; the tree is still
+/// umoci's.
+#[test]
+fn force_mask_store() {
+    let dir = fx().layout.parent().unwrap().join("m");
+    let store = TestStore::at(
+        &dir,
+        &[
+            "overlay.mount_program=/usr/bin/fuse-overlayfs",
+            "overlay.force_mask=0700",
+        ],
+    );
+    // The fixture's layers without devices and FIFOs, as images of their own.
+    let layout = dir.join("layout");
+    let mut l = OciLayout::create(&layout);
+    let tars: Vec<Vec<u8>> = (0..3).map(|i| rootfs_layer(i, true)).collect();
+    let mut bundles = BTreeMap::new();
+    for (n, tag) in TAGS.iter().enumerate() {
+        l.add_image(tag, &tars[..=n], Blob::Gzip, go_arch());
+        store.copy_in(&l.source(tag), &format!("localhost/{tag}:latest"), &[]);
+        let bundle = dir.join(format!("bundle-{tag}"));
+        run(Command::new("umoci")
+            .arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:{tag}", layout.display()))
+            .arg(&bundle));
+        bundles.insert(*tag, bundle.join("rootfs"));
+    }
+    let s = open(&store);
+    assert_eq!(s.overlay_options().force_mask, Some(0o700));
+    // The store really forced the modes.
+    let img = s.find_image("localhost/two:latest").unwrap();
+    let d = img.layers().unwrap()[1].diff_dir().unwrap();
+    let f = std::fs::File::open(format!("/proc/self/fd/{}/srv/app.conf", d.as_raw_fd())).unwrap();
+    let ov = get_xattr(&f, "user.containers.override_stat").expect("override_stat xattr");
+    assert!(
+        String::from_utf8_lossy(&ov).starts_with("1234:5678:"),
+        "{ov:?}"
+    );
+    for tag in TAGS {
+        // c/storage 1.43 writes the mode into override_stat without the set-user-ID,
+        // set-group-ID and sticky bits (`FileMode & 07777` in Go), so they are lost.
+        assert_tree_matches_masked("force_mask", &rootfs_of(&s, tag), &bundles[tag], 0o777);
     }
 }
 

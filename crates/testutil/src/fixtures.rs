@@ -300,7 +300,7 @@ pub fn layer_tars(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Layer tars for the merged-rootfs tests, written by Python's tarfile (`LAYER` selects
-/// which): deletions (`.wh.` files), opaque directories, a directory replaced by a file and
+/// which; `NODEV` leaves out devices and FIFOs): deletions (`.wh.` files), opaque directories, a directory replaced by a file and
 /// back, a file replaced by a directory, hard links, symlink chains, absolute and `../`
 /// symlink escapes, loops, devices and a FIFO, modes 0600/0700/04755 and non-root owners.
 pub const ROOTFS_LAYERS_PY: &str = r##"
@@ -359,9 +359,11 @@ if LAYER == 0:
     # l0 needs 41 symlinks to reach a file, l1 needs 40.
     for i in range(41):
         add("chain/l%d" % i, L, linkname=("l%d" % (i + 1)) if i < 40 else "end")
-    add("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
-    add("dev/loop0", tarfile.BLKTYPE, devmajor=7, devminor=0, mode=0o660)
-    add("dev/fifo", tarfile.FIFOTYPE, mode=0o600)
+    # (user.* xattrs cannot be set on devices and FIFOs, so force_mask stores refuse them.)
+    if not NODEV:
+        add("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+        add("dev/loop0", tarfile.BLKTYPE, devmajor=7, devminor=0, mode=0o660)
+        add("dev/fifo", tarfile.FIFOTYPE, mode=0o600)
     add("frac", data=b"t\n", mtime=1700000000.25)
 elif LAYER == 1:
     for d in ["etc", "data", "opq", "srv", "f2d", "usr", "usr/bin"]:
@@ -393,6 +395,12 @@ t.close()
 sys.stdout.buffer.write(out.getvalue())
 "##;
 
+/// Layer `i` (0, 1 or 2) of the rootfs fixture, without devices and FIFOs if `nodev`.
+pub fn rootfs_layer(i: usize, nodev: bool) -> Vec<u8> {
+    let nodev = if nodev { "True" } else { "False" };
+    crate::python_tar(&format!("LAYER = {i}\nNODEV = {nodev}\n{ROOTFS_LAYERS_PY}"))
+}
+
 /// The images of the rootfs fixture (tags in the layout; `localhost/TAG:latest` in the
 /// stores): 1, 2 and 3 layers of [`ROOTFS_LAYERS_PY`].
 pub const ROOTFS_TAGS: [&str; 3] = ["base", "two", "three"];
@@ -413,9 +421,7 @@ pub struct Rootfs {
 /// Builds the rootfs fixture under `dir` (keep it short: podman limits run root lengths).
 pub fn rootfs(dir: &Path) -> Rootfs {
     crate::require_tool("umoci");
-    let tars: Vec<Vec<u8>> = (0..3)
-        .map(|i| crate::python_tar(&format!("LAYER = {i}\n{ROOTFS_LAYERS_PY}")))
-        .collect();
+    let tars: Vec<Vec<u8>> = (0..3).map(|i| rootfs_layer(i, false)).collect();
     let layout = dir.join("layout");
     let mut l = OciLayout::create(&layout);
     for (n, tag) in ROOTFS_TAGS.iter().enumerate() {
