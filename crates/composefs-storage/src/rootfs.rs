@@ -27,6 +27,25 @@
 //! Metadata is the layers' own (owner, mode, times). In stores with `force_mask`, the real
 //! owner, mode and type are read from the xattr `user.containers.override_stat` when present.
 //! Layers with UID/GID mappings (rare for image layers) are reported as stored on disk.
+//!
+//! ```no_run
+//! use std::io::Read;
+//! # fn main() -> composefs_storage::Result<()> {
+//! let storage = composefs_storage::Storage::discover()?;
+//! let rootfs = storage.find_image("alpine")?.rootfs()?;
+//! let mut release = String::new();
+//! rootfs.open("/etc/os-release")?.read_to_string(&mut release).ok();
+//! for entry in rootfs.read_dir("/etc")? {
+//!     println!("{:?} {}", entry.name, entry.kind.name());
+//! }
+//! for entry in rootfs.walk() {
+//!     let entry = entry?;
+//!     println!("{} {:o} {}:{}", entry.path.display(), entry.metadata.mode,
+//!              entry.metadata.uid, entry.metadata.gid);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
