@@ -51,6 +51,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ const OPAQUE_XATTRS: [&str; 3] = [
 const OPAQUE_FILE: &str = ".wh..wh..opq";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OVERRIDE_XATTR: &str = "user.containers.override_stat";
+/// Buffer for `getdents64`.
+const DIRENT_BUF: usize = 32 << 10;
 
 /// The type of a file in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -372,13 +375,37 @@ fn path_buf(b: Vec<u8>) -> PathBuf {
 
 /// Lists the names of a merged directory, sorted by bytes, with whiteouts and opaque
 /// directories applied.
-fn list_merged(merged: &Merged) -> io::Result<Vec<Child>> {
+///
+/// With `fresh`, the directory fds were just opened by the caller and are not shared: they
+/// are read directly (their offset moves). Otherwise each is reopened (`openat(".")`) so that
+/// shared handles are never read concurrently. `buf` is a reusable buffer.
+fn list_merged(
+    merged: &Merged,
+    fresh: bool,
+    buf: &mut Vec<MaybeUninit<u8>>,
+) -> io::Result<Vec<Child>> {
+    if buf.len() < DIRENT_BUF {
+        buf.resize(DIRENT_BUF, MaybeUninit::uninit());
+    }
     // name → (child, closed); a `None` child is a deleted name.
     let mut map: BTreeMap<Vec<u8>, (Option<Child>, bool)> = BTreeMap::new();
     let mut whiteouts: Vec<Vec<u8>> = Vec::new();
     for (pos, (_, dir)) in merged.iter().enumerate() {
         whiteouts.clear();
-        for e in rustix::fs::Dir::read_from(&**dir)? {
+        let own;
+        let fd = if fresh {
+            dir.as_fd()
+        } else {
+            own = rustix::fs::openat(
+                &**dir,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?;
+            own.as_fd()
+        };
+        let mut rd = rustix::fs::RawDir::new(fd, &mut buf[..]);
+        while let Some(e) = rd.next() {
             let e = e?;
             let name = e.file_name().to_bytes();
             if name == b"." || name == b".." {
@@ -770,7 +797,7 @@ impl RootFs {
             Resolved::Dir { merged, .. } => merged,
             Resolved::Other { .. } => return Err(self.err(p, errno(libc::ENOTDIR))),
         };
-        let children = list_merged(&merged).map_err(|e| self.err(p, e))?;
+        let children = list_merged(&merged, false, &mut Vec::new()).map_err(|e| self.err(p, e))?;
         let mut out = Vec::with_capacity(children.len());
         for c in children {
             let (layer, dir) = &merged[c.top];
@@ -817,8 +844,7 @@ impl RootFs {
         match self.walk_from("/") {
             Ok(w) => w,
             Err(e) => Walk {
-                fs: self,
-                stack: Vec::new(),
+                tree: Tree::empty(self),
                 first: Some(Err(e)),
             },
         }
@@ -830,25 +856,39 @@ impl RootFs {
         let p = path.as_ref().as_os_str().as_bytes();
         let r = self.resolve(p, true).map_err(|e| self.err(p, e))?;
         let md = self.metadata_of(&r).map_err(|e| self.err(p, e))?;
-        let mut stack = Vec::new();
-        let path = match r {
-            Resolved::Dir { path, merged } => {
-                let children = list_merged(&merged).map_err(|e| self.err(p, e))?;
-                stack.push(Frame {
-                    path: path.clone(),
-                    merged,
-                    children: children.into_iter(),
-                });
-                path
-            }
-            Resolved::Other { path, .. } => path,
-        };
+        let (tree, path) = Tree::start(self, r, p)?;
         Ok(Walk {
-            fs: self,
-            stack,
+            tree,
             first: Some(Ok(WalkEntry {
                 path: path_buf(path),
                 metadata: md,
+            })),
+        })
+    }
+
+    /// Like [`RootFs::walk_from`], but yields only each path's type and layer: no file is
+    /// `stat`ed and no symlink read (only directories are opened), which is what listing
+    /// names needs.
+    pub fn walk_names(&self, path: impl AsRef<Path>) -> Result<WalkNames<'_>> {
+        let p = path.as_ref().as_os_str().as_bytes();
+        let r = self.resolve(p, true).map_err(|e| self.err(p, e))?;
+        let (kind, layer) = match &r {
+            Resolved::Dir { merged, .. } => (
+                FileKind::Directory,
+                merged.first().map(|m| m.0).unwrap_or_default(),
+            ),
+            Resolved::Other { .. } => {
+                let md = self.metadata_of(&r).map_err(|e| self.err(p, e))?;
+                (md.kind, md.layer)
+            }
+        };
+        let (tree, path) = Tree::start(self, r, p)?;
+        Ok(WalkNames {
+            tree,
+            first: Some(Ok(NameEntry {
+                path: path_buf(path),
+                kind,
+                layer,
             })),
         })
     }
@@ -865,19 +905,133 @@ struct Frame {
     children: std::vec::IntoIter<Child>,
 }
 
-/// Iterator over a tree of the image ([`RootFs::walk`]). An error about one file or
-/// directory is returned in its place; the walk then goes on with the next name.
-pub struct Walk<'a> {
+/// The depth-first walk both [`Walk`] and [`WalkNames`] are made of.
+struct Tree<'a> {
     fs: &'a RootFs,
     stack: Vec<Frame>,
+    buf: Vec<MaybeUninit<u8>>,
+}
+
+/// One name reached by [`Tree::step`].
+struct Step {
+    path: Vec<u8>,
+    layer: usize,
+    kind: FileKind,
+    /// The layer directory holding it, and its name there.
+    dir: Arc<Dir>,
+    name: Vec<u8>,
+    /// Its `lstat`, if asked for.
+    st: Option<Stat>,
+    /// For a directory: its top-most layer directory.
+    top_dir: Option<Arc<Dir>>,
+}
+
+impl<'a> Tree<'a> {
+    fn empty(fs: &'a RootFs) -> Tree<'a> {
+        Tree {
+            fs,
+            stack: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn start(fs: &'a RootFs, r: Resolved, p: &[u8]) -> Result<(Tree<'a>, Vec<u8>)> {
+        let mut tree = Tree::empty(fs);
+        let path = match r {
+            Resolved::Dir { path, merged } => {
+                let children =
+                    list_merged(&merged, false, &mut tree.buf).map_err(|e| fs.err(p, e))?;
+                tree.stack.push(Frame {
+                    path: path.clone(),
+                    merged,
+                    children: children.into_iter(),
+                });
+                path
+            }
+            Resolved::Other { path, .. } => path,
+        };
+        Ok((tree, path))
+    }
+
+    fn step(&mut self, stat: bool) -> Option<Result<Step>> {
+        loop {
+            let frame = self.stack.last_mut()?;
+            let Some(child) = frame.children.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let path = join(&frame.path, &child.name);
+            let (layer, dir) = &frame.merged[child.top];
+            let (layer, dir) = (*layer, Arc::clone(dir));
+            if child.kind == FileKind::Directory {
+                let merged = match open_child_dirs(&frame.merged, &child) {
+                    Ok(m) => m,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Some(Err(self.fs.err(&path, e))),
+                };
+                let top_dir = merged.first().map(|m| Arc::clone(&m.1));
+                let st = match (&top_dir, stat) {
+                    (Some(d), true) => match rustix::fs::fstat(&**d) {
+                        Ok(st) => Some(st),
+                        Err(e) => return Some(Err(self.fs.err(&path, e.into()))),
+                    },
+                    _ => None,
+                };
+                // The directories were just opened: read them through their own fds.
+                let children = match list_merged(&merged, true, &mut self.buf) {
+                    Ok(c) => c,
+                    Err(e) => return Some(Err(self.fs.err(&path, e))),
+                };
+                self.stack.push(Frame {
+                    path: path.clone(),
+                    merged,
+                    children: children.into_iter(),
+                });
+                return Some(Ok(Step {
+                    path,
+                    layer,
+                    kind: child.kind,
+                    dir,
+                    name: child.name,
+                    st,
+                    top_dir,
+                }));
+            }
+            let st = if stat {
+                match lstat_at(&dir, &child.name) {
+                    Ok(Some(st)) => Some(st),
+                    Ok(None) => continue, // removed meanwhile
+                    Err(e) => return Some(Err(self.fs.err(&path, e))),
+                }
+            } else {
+                None
+            };
+            return Some(Ok(Step {
+                path,
+                layer,
+                kind: child.kind,
+                dir,
+                name: child.name,
+                st,
+                top_dir: None,
+            }));
+        }
+    }
+}
+
+/// Iterator over a tree of the image with each file's metadata ([`RootFs::walk`]). An error
+/// about one file or directory is returned in its place; the walk then goes on with the next
+/// name.
+pub struct Walk<'a> {
+    tree: Tree<'a>,
     first: Option<Result<WalkEntry>>,
 }
 
 impl std::fmt::Debug for Walk<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Walk")
-            .field("image", &self.fs.image)
-            .field("depth", &self.stack.len())
+            .field("image", &self.tree.fs.image)
+            .field("depth", &self.tree.stack.len())
             .finish()
     }
 }
@@ -889,56 +1043,84 @@ impl Iterator for Walk<'_> {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
-        loop {
-            let frame = self.stack.last_mut()?;
-            let Some(child) = frame.children.next() else {
-                self.stack.pop();
-                continue;
-            };
-            let path = join(&frame.path, &child.name);
-            let (layer, dir) = &frame.merged[child.top];
-            let st = match lstat_at(dir, &child.name) {
-                Ok(Some(st)) => st,
-                Ok(None) => continue, // removed meanwhile
-                Err(e) => return Some(Err(self.fs.err(&path, e))),
-            };
-            if child.kind == FileKind::Directory
-                && FileType::from_raw_mode(st.st_mode) == FileType::Directory
-            {
-                let merged = match open_child_dirs(&frame.merged, &child) {
-                    Ok(m) => m,
-                    Err(e) => return Some(Err(self.fs.err(&path, e))),
-                };
-                let md = match self
-                    .fs
-                    .metadata_from(*layer, &st, None, Some(&*merged[0].1))
-                {
-                    Ok(m) => m,
-                    Err(e) => return Some(Err(self.fs.err(&path, e))),
-                };
-                let children = match list_merged(&merged) {
-                    Ok(c) => c,
-                    Err(e) => return Some(Err(self.fs.err(&path, e))),
-                };
-                self.stack.push(Frame {
-                    path: path.clone(),
-                    merged,
-                    children: children.into_iter(),
-                });
-                return Some(Ok(WalkEntry {
-                    path: path_buf(path),
-                    metadata: md,
-                }));
-            }
-            let md = match self.fs.entry_metadata(*layer, dir, &child.name, &st) {
-                Ok(m) => m,
-                Err(e) => return Some(Err(self.fs.err(&path, e))),
-            };
-            return Some(Ok(WalkEntry {
-                path: path_buf(path),
-                metadata: md,
-            }));
+        let step = match self.tree.step(true)? {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let fs = self.tree.fs;
+        let Some(st) = &step.st else {
+            return Some(Err(fs.err(&step.path, errno(libc::EIO))));
+        };
+        let md = match &step.top_dir {
+            Some(d) => fs.metadata_from(step.layer, st, None, Some(&**d)),
+            None => fs.entry_metadata(step.layer, &step.dir, &step.name, st),
+        };
+        Some(match md {
+            Ok(metadata) => Ok(WalkEntry {
+                path: path_buf(step.path),
+                metadata,
+            }),
+            Err(e) => Err(fs.err(&step.path, e)),
+        })
+    }
+}
+
+/// A path found by [`RootFs::walk_names`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NameEntry {
+    /// Its path in the image, starting with `/`.
+    pub path: PathBuf,
+    /// Its type.
+    pub kind: FileKind,
+    /// The layer it comes from (index into [`Image::layers`], 0 = base).
+    pub layer: usize,
+}
+
+/// Iterator over the paths of a tree of the image ([`RootFs::walk_names`]), in the same
+/// order as [`Walk`].
+pub struct WalkNames<'a> {
+    tree: Tree<'a>,
+    first: Option<Result<NameEntry>>,
+}
+
+impl std::fmt::Debug for WalkNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalkNames")
+            .field("image", &self.tree.fs.image)
+            .field("depth", &self.tree.stack.len())
+            .finish()
+    }
+}
+
+impl Iterator for WalkNames<'_> {
+    type Item = Result<NameEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
+        let step = match self.tree.step(false)? {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let fs = self.tree.fs;
+        let mut kind = step.kind;
+        if fs.force_mask && kind == FileKind::Regular {
+            // The stored type may stand in for another one (override_stat).
+            let md = lstat_at(&step.dir, &step.name)
+                .and_then(|st| st.ok_or_else(|| errno(libc::ENOENT)))
+                .and_then(|st| fs.entry_metadata(step.layer, &step.dir, &step.name, &st));
+            match md {
+                Ok(m) => kind = m.kind,
+                Err(e) => return Some(Err(fs.err(&step.path, e))),
+            }
+        }
+        Some(Ok(NameEntry {
+            path: path_buf(step.path),
+            kind,
+            layer: step.layer,
+        }))
     }
 }
 

@@ -211,6 +211,18 @@ fn assert_tree_matches_masked(store: &str, fs: &RootFs, umoci_root: &Path, mode_
         ours.iter().map(|e| &e.0).eq(sorted.iter().map(|e| &e.0)),
         "{store} {tag}: walk is not in depth-first lexical order"
     );
+    // The names-only walk gives the same paths, types and order.
+    let names: Vec<(String, FileKind)> = fs
+        .walk_names("/")
+        .unwrap()
+        .skip(1)
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path.to_str().unwrap().to_string(), e.kind)
+        })
+        .collect();
+    let full: Vec<(String, FileKind)> = ours.iter().map(|(p, e)| (p.clone(), e.kind)).collect();
+    assert_eq!(names, full, "{store} {tag}: walk_names");
     let ours: BTreeMap<String, Entry> = ours.into_iter().collect();
     let only_ours: Vec<_> = ours.keys().filter(|k| !expected.contains_key(*k)).collect();
     let only_umoci: Vec<_> = expected.keys().filter(|k| !ours.contains_key(*k)).collect();

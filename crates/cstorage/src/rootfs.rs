@@ -148,7 +148,14 @@ pub fn ls(
         }
         Ok(())
     };
-    if recursive {
+    if recursive && !long && !json {
+        // Names only: no file needs a stat.
+        for e in fs.walk_names(&path)? {
+            let e = e?;
+            out.write_all(e.path.as_os_str().as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    } else if recursive {
         for e in fs.walk_from(&path)? {
             let e = e?;
             emit(&mut *out, &e.path, &e.metadata)?;
