@@ -192,6 +192,18 @@ pub enum StorageError {
     #[error("user namespace helper: {0}")]
     UserNs(String),
 
+    /// A path inside an image's merged root filesystem could not be resolved or read.
+    #[error("image {image}: {path}: {source}")]
+    ImagePath {
+        /// The image ID.
+        image: String,
+        /// The path in the image, as given (lossily converted to UTF-8 for display).
+        path: String,
+        /// The underlying error (`ENOENT`, `ENOTDIR`, `ELOOP`, ...).
+        #[source]
+        source: std::io::Error,
+    },
+
     /// An operation was given an argument it cannot use.
     #[error("{0}")]
     InvalidArgument(String),
@@ -245,7 +257,9 @@ impl StorageError {
     /// The `errno` of an underlying I/O error, if this is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            StorageError::Io { source, .. } => source.raw_os_error(),
+            StorageError::Io { source, .. } | StorageError::ImagePath { source, .. } => {
+                source.raw_os_error()
+            }
             _ => None,
         }
     }

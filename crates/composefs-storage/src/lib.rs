@@ -54,6 +54,8 @@
 //!   reading their files (big data, `diff/`, `lower`) takes the store's shared lock again.
 //! - [`manifest`]: stored manifests as raw bytes plus their kind and parsed forms.
 //! - [`reference`]: image reference parsing and docker.io normalization.
+//! - [`rootfs`]: [`RootFs`], an image's merged root filesystem (whiteouts, opaque
+//!   directories, symlinks resolved inside the image) read from its layers without mounting.
 //! - [`userns`]: whether this process can read every file of a rootless store.
 //! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
 //!
@@ -75,6 +77,7 @@ pub mod manifest;
 mod native_diff;
 mod records;
 pub mod reference;
+pub mod rootfs;
 pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
@@ -90,6 +93,7 @@ pub use export::{ExportOptions, ExportReport, Verify};
 pub use image::Image;
 pub use layer::Layer;
 pub use records::{ContainerMetadata, IdMapping, ImageMetadata};
+pub use rootfs::RootFs;
 pub use storage::{LayerMetadata, ReadGuard, Storage};
 pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};
 pub use userns::can_bypass_file_permissions;

@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod export;
 mod fmt;
 mod ls;
+mod rootfs;
 mod views;
 
 use std::io::Write;
@@ -86,6 +87,41 @@ enum Command {
         /// Layers checked in parallel (default: number of CPUs).
         #[arg(long, default_value_t = 0, value_name = "N")]
         jobs: usize,
+    },
+    /// List a directory of an image's merged root filesystem (no mount needed).
+    Ls {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// Path in the image (default `/`); symlinks are followed inside the image.
+        path: Option<PathBuf>,
+        /// Long listing: type and mode, owner, size, time, name, link target.
+        #[arg(short, long)]
+        long: bool,
+        /// List the whole tree below PATH, one full path per line (like find).
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Write files of an image to standard output.
+    Cat {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// Paths in the image; symlinks are followed inside the image.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show the metadata of a path in an image (a symlink itself, not its target).
+    Stat {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// Path in the image.
+        path: PathBuf,
+    },
+    /// List the paths added (A), removed (D) or changed (C) from IMAGE_A to IMAGE_B.
+    Diff {
+        /// The image compared from.
+        image_a: String,
+        /// The image compared to.
+        image_b: String,
     },
     /// List containers.
     Containers {
@@ -397,6 +433,27 @@ fn run(cli: Cli) -> Result<()> {
             if bad > 0 {
                 anyhow::bail!("{bad} of the checks failed");
             }
+        }
+        Command::Ls {
+            image,
+            path,
+            long,
+            recursive,
+        } => rootfs::ls(
+            &storage,
+            image,
+            path.as_deref(),
+            *long,
+            *recursive,
+            format == Format::Json,
+            &mut out,
+        )?,
+        Command::Cat { image, paths } => rootfs::cat(&storage, image, paths, &mut out)?,
+        Command::Stat { image, path } => {
+            rootfs::stat(&storage, image, path, format == Format::Json, &mut out)?
+        }
+        Command::Diff { image_a, image_b } => {
+            rootfs::diff(&storage, image_a, image_b, format == Format::Json, &mut out)?
         }
         Command::Containers { quiet } => {
             let ctrs = storage.list_containers()?;

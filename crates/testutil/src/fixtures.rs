@@ -298,3 +298,158 @@ pub fn layer_tars(dir: &Path) -> Vec<(String, Vec<u8>)> {
     ));
     out
 }
+
+/// Layer tars for the merged-rootfs tests, written by Python's tarfile (`LAYER` selects
+/// which; `NODEV` leaves out devices and FIFOs): deletions (`.wh.` files), opaque directories, a directory replaced by a file and
+/// back, a file replaced by a directory, hard links, symlink chains, absolute and `../`
+/// symlink escapes, loops, devices and a FIFO, modes 0600/0700/04755 and non-root owners.
+pub const ROOTFS_LAYERS_PY: &str = r##"
+import io, sys, tarfile
+out = io.BytesIO()
+t = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT)
+def add(name, kind=tarfile.REGTYPE, data=b"", **kw):
+    i = tarfile.TarInfo(name)
+    i.type = kind
+    i.mtime = kw.pop("mtime", 1700000000)
+    i.mode = kw.pop("mode", 0o755 if kind == tarfile.DIRTYPE else 0o644)
+    i.uname = ""
+    i.gname = ""
+    for k, v in kw.items():
+        setattr(i, k, v)
+    i.size = len(data) if kind == tarfile.REGTYPE else 0
+    t.addfile(i, io.BytesIO(data) if data else None)
+D, L, H = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+if LAYER == 0:
+    for d in ["etc", "usr", "usr/bin", "usr/lib", "data", "data/sub", "opq", "repl", "esc", "dev", "chain"]:
+        add(d + "/", D)
+    add("etc/passwd", data=b"root:x:0:0::/root:/bin/sh\n")
+    add("etc/gone", data=b"to be deleted\n")
+    add("etc/hard1", data=b"hard linked\n", mode=0o640, uid=7, gid=8)
+    # A hard link entry carries the same metadata as its target (c/storage applies the
+    # link entry's owner and mode to the shared inode; umoci does not).
+    add("etc/hard2", H, linkname="etc/hard1", mode=0o640, uid=7, gid=8)
+    add("etc/setuid", data=b"#!/bin/sh\n", mode=0o4755)
+    add("home/", D)
+    add("home/user/", D, mode=0o700, uid=1000, gid=1000)
+    add("home/user/secret", data=b"secret\n", mode=0o600, uid=1000, gid=1000)
+    add("usr/lib/real", data=b"the real file\n", mode=0o755)
+    add("usr/bin/a", L, linkname="b")
+    add("usr/bin/b", L, linkname="c")
+    add("usr/bin/c", L, linkname="../lib/real")
+    add("lib", L, linkname="usr/lib")
+    add("data/sub/file", data=b"in a deleted dir\n")
+    add("data/keep", data=b"kept\n")
+    add("opq/old1", data=b"hidden by opaque\n")
+    add("opq/olddir/", D)
+    add("opq/olddir/x", data=b"x\n")
+    add("repl/inner", data=b"inner of a dir replaced by a file\n")
+    add("f2d", data=b"a file replaced by a dir\n")
+    add("esc/abs", L, linkname="/etc/passwd")
+    add("esc/up", L, linkname="../../../../../etc/passwd")
+    add("esc/dotdot", L, linkname="../../../..")
+    add("esc/rootdir", L, linkname="/")
+    add("esc/loop1", L, linkname="loop2")
+    add("esc/loop2", L, linkname="loop1")
+    add("esc/self", L, linkname="self")
+    add("esc/dangling", L, linkname="/nonexistent/file")
+    add("esc/viadir", L, linkname="../lib/../../../usr/bin/a")
+    add("esc/notdir", L, linkname="/etc/passwd/x")
+    add("esc/emptyish", L, linkname=".")
+    add("chain/end", data=b"end of chain\n")
+    # l0 needs 41 symlinks to reach a file, l1 needs 40.
+    for i in range(41):
+        add("chain/l%d" % i, L, linkname=("l%d" % (i + 1)) if i < 40 else "end")
+    # (user.* xattrs cannot be set on devices and FIFOs, so force_mask stores refuse them.)
+    if not NODEV:
+        add("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+        add("dev/loop0", tarfile.BLKTYPE, devmajor=7, devminor=0, mode=0o660)
+        add("dev/fifo", tarfile.FIFOTYPE, mode=0o600)
+    add("frac", data=b"t\n", mtime=1700000000.25)
+elif LAYER == 1:
+    for d in ["etc", "data", "opq", "srv", "f2d", "usr", "usr/bin"]:
+        add(d + "/", D)
+    add("etc/.wh.gone")
+    add("etc/passwd", data=b"root:x:0:0::/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n")
+    add("data/.wh.sub")
+    add("opq/.wh..wh..opq")
+    add("opq/new", data=b"after opaque\n")
+    add("repl", data=b"now a file\n", mode=0o600, uid=33, gid=44)
+    add("f2d/x", data=b"inside a dir that was a file\n")
+    add("srv/app.conf", data=b"port=8080\n", mode=0o600, uid=1234, gid=5678)
+    add("srv/private/", D, mode=0o700, uid=1234, gid=5678)
+    add("srv/h1", data=b"linked in layer 1\n")
+    add("srv/h2", H, linkname="srv/h1")
+    add("usr/bin/d", L, linkname="/usr/bin/a")
+else:
+    for d in ["etc", "usr", "usr/bin", "repl"]:
+        add(d + "/", D)
+    add("repl/again", data=b"a dir again\n")
+    add("etc/.wh.hard2")
+    add("etc/passwd", data=b"changed again\n", mode=0o600)
+    add("usr/bin/.wh.b")
+    add("usr/bin/b", data=b"b is a file now\n", mode=0o755)
+    add("newdir/", D)
+    add("newdir/.wh..wh..opq")
+    add("newdir/file", data=b"new\n")
+t.close()
+sys.stdout.buffer.write(out.getvalue())
+"##;
+
+/// Layer `i` (0, 1 or 2) of the rootfs fixture, without devices and FIFOs if `nodev`.
+pub fn rootfs_layer(i: usize, nodev: bool) -> Vec<u8> {
+    let nodev = if nodev { "True" } else { "False" };
+    crate::python_tar(&format!("LAYER = {i}\nNODEV = {nodev}\n{ROOTFS_LAYERS_PY}"))
+}
+
+/// The images of the rootfs fixture (tags in the layout; `localhost/TAG:latest` in the
+/// stores): 1, 2 and 3 layers of [`ROOTFS_LAYERS_PY`].
+pub const ROOTFS_TAGS: [&str; 3] = ["base", "two", "three"];
+
+/// The rootfs fixture: the same images in a native-overlay and a fuse-overlayfs store, and
+/// what `umoci unpack` makes of each.
+pub struct Rootfs {
+    /// Native-overlay store.
+    pub native: TestStore,
+    /// fuse-overlayfs (AUFS whiteouts) store.
+    pub fuse: TestStore,
+    /// The OCI layout.
+    pub layout: PathBuf,
+    /// Tag → the rootfs directory `umoci unpack` made of it.
+    pub umoci: BTreeMap<String, PathBuf>,
+}
+
+/// Builds the rootfs fixture under `dir` (keep it short: podman limits run root lengths).
+pub fn rootfs(dir: &Path) -> Rootfs {
+    crate::require_tool("umoci");
+    let tars: Vec<Vec<u8>> = (0..3).map(|i| rootfs_layer(i, false)).collect();
+    let layout = dir.join("layout");
+    let mut l = OciLayout::create(&layout);
+    for (n, tag) in ROOTFS_TAGS.iter().enumerate() {
+        l.add_image(tag, &tars[..=n], Blob::Gzip, go_arch());
+    }
+    let native = TestStore::at(&dir.join("n"), &[]);
+    let fuse = TestStore::at(
+        &dir.join("f"),
+        &["overlay.mount_program=/usr/bin/fuse-overlayfs"],
+    );
+    let mut umoci = BTreeMap::new();
+    for tag in ROOTFS_TAGS {
+        native.copy_in(&l.source(tag), &format!("localhost/{tag}:latest"), &[]);
+        fuse.copy_in(&l.source(tag), &format!("localhost/{tag}:latest"), &[]);
+        let bundle = dir.join(format!("bundle-{tag}"));
+        crate::run(
+            std::process::Command::new("umoci")
+                .arg("unpack")
+                .arg("--image")
+                .arg(format!("{}:{tag}", layout.display()))
+                .arg(&bundle),
+        );
+        umoci.insert(tag.to_string(), bundle.join("rootfs"));
+    }
+    Rootfs {
+        native,
+        fuse,
+        layout,
+        umoci,
+    }
+}
