@@ -225,15 +225,17 @@ enum Resolved {
 
 /// The merged root filesystem of an image.
 ///
-/// Created by [`Image::rootfs`]. It holds directory handles on the image's layers, so it
-/// keeps working if the image is removed from the store meanwhile (on the files still
-/// there).
+/// Created by [`Image::rootfs`]. It holds directory handles on the image's layers and, like
+/// a layer export, the shared locks of the layer stores they belong to, taken after checking
+/// the layers are still there: c/storage writers cannot delete the layers while a `RootFs`
+/// exists (a `podman rmi` of the image waits), so drop it when done.
 #[derive(Debug)]
 pub struct RootFs {
     image: String,
     layer_ids: Vec<String>,
     root: Merged,
     force_mask: bool,
+    _locks: Vec<crate::lock::SharedLock>,
 }
 
 fn os(b: &[u8]) -> &OsStr {
@@ -538,6 +540,17 @@ impl RootFs {
     /// Opens the merged root filesystem of `image` (its layers' `diff` directories).
     pub fn new(image: &Image) -> Result<RootFs> {
         let layers = image.layers()?;
+        // The shared locks of each layer store involved (once each), with the layers checked
+        // to be still present under them.
+        let mut locks = Vec::new();
+        let mut stores = std::collections::HashSet::new();
+        for l in &layers {
+            if stores.insert(l.store_root().to_path_buf()) {
+                locks.extend(l.lock_and_check()?);
+            } else {
+                l.lock_and_check()?;
+            }
+        }
         let mut root: Merged = Vec::with_capacity(layers.len());
         let mut layer_ids = Vec::with_capacity(layers.len());
         for l in &layers {
@@ -557,6 +570,7 @@ impl RootFs {
             layer_ids,
             root,
             force_mask: image.storage().overlay_options().force_mask.is_some(),
+            _locks: locks,
         })
     }
 

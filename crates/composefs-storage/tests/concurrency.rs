@@ -161,3 +161,44 @@ fn readers_and_writers_together_stay_correct() {
         ]
     );
 }
+
+#[test]
+fn rmi_waits_while_a_rootfs_view_is_open() {
+    let (store, _l) = store_with_images();
+    let s = open(&store);
+    let img = s.find_image("localhost/big:latest").unwrap();
+    let fs = img.rootfs().unwrap();
+    let mut rmi = store
+        .podman()
+        .args(["rmi", "-f", "localhost/big:latest"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(
+            rmi.try_wait().unwrap().is_none(),
+            "podman rmi finished while the rootfs view was open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The whole tree is still readable, with the right content.
+    let mut files = 0;
+    for e in fs.walk() {
+        let e = e.unwrap();
+        if e.metadata.kind == composefs_storage::rootfs::FileKind::Regular {
+            let mut f = fs.open(&e.path).unwrap();
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).unwrap();
+            assert_eq!(v.len() as u64, e.metadata.size);
+            files += 1;
+        }
+    }
+    assert_eq!(files, 4);
+    drop(fs);
+    assert!(rmi.wait().unwrap().success());
+    assert!(
+        matches!(img.rootfs(), Err(StorageError::Changed { .. })),
+        "{:?}",
+        img.rootfs().map(|_| ())
+    );
+}
