@@ -296,9 +296,7 @@ fn put_layer_blob(
     let HashWriter { inner, sha, n } = hw;
     inner
         .into_inner()
-        .map_err(|e| StorageError::io(&tmp, e.into_error()))?
-        .sync_all()
-        .ok();
+        .map_err(|e| StorageError::io(&tmp, e.into_error()))?;
     let digest = hex_digest(&sha.finalize());
     let dst = dir.join(hex(&digest));
     let fresh = !dst.is_file();
