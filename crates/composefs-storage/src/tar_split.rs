@@ -338,6 +338,73 @@ pub(crate) struct FileGetter {
     /// The parent directory of the last file opened in `diff` (tar members come grouped by
     /// directory, so this saves most path walks).
     parent: Option<(PathBuf, Dir)>,
+    /// For layers stored in the flat (composefs) format: member path → content digest hex,
+    /// from the zstd:chunked table of contents; `diff/` then holds `xx/yyyy...` objects.
+    flat: Option<std::collections::HashMap<PathBuf, String>>,
+}
+
+#[derive(Deserialize)]
+struct Toc {
+    #[serde(default)]
+    entries: Vec<TocEntry>,
+}
+
+#[derive(Deserialize)]
+struct TocEntry {
+    #[serde(rename = "type", default)]
+    ty: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    digest: String,
+}
+
+/// The content map of a layer in the flat format (`zstd-chunked-layer-data` says
+/// `{"format":1}`, as composefs-backed stores write): regular files are stored in `diff/`
+/// under their sha256 (`<2 hex>/<62 hex>`), and the table of contents in the layer's
+/// `zstd-chunked-manifest` big data maps member names to those digests.
+fn flat_map(layer: &Layer) -> Result<Option<std::collections::HashMap<PathBuf, String>>> {
+    #[derive(Deserialize)]
+    struct LayerData {
+        #[serde(default)]
+        format: i64,
+    }
+    let flat = match layer.read_big_data("zstd-chunked-layer-data") {
+        Ok(b) => serde_json::from_slice::<LayerData>(&b)
+            .map(|d| d.format == 1)
+            .unwrap_or(false),
+        Err(StorageError::Layer { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    if !flat {
+        return Ok(None);
+    }
+    let toc = layer.read_big_data("zstd-chunked-manifest")?;
+    let toc: Toc = serde_json::from_slice(&toc).map_err(|e| {
+        StorageError::layer(
+            layer.id(),
+            format!("zstd-chunked-manifest (table of contents) is not valid: {e}"),
+        )
+    })?;
+    let mut map = std::collections::HashMap::new();
+    for e in toc.entries {
+        if e.ty != "reg" {
+            continue;
+        }
+        let Some(hex) = e.digest.strip_prefix("sha256:") else {
+            continue;
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StorageError::layer(
+                layer.id(),
+                format!("table of contents has an invalid digest {:?}", e.digest),
+            ));
+        }
+        if let Ok(p) = content_path(e.name.as_bytes()) {
+            map.insert(p, hex.to_ascii_lowercase());
+        }
+    }
+    Ok(Some(map))
 }
 
 impl FileGetter {
@@ -349,6 +416,7 @@ impl FileGetter {
             diff_path,
             lowers: None,
             parent: None,
+            flat: flat_map(layer)?,
         })
     }
 
@@ -382,6 +450,28 @@ impl FileGetter {
     /// Opens the content of tar member `name`; returns the file and its size on disk.
     pub(crate) fn open(&mut self, name: &[u8]) -> Result<(File, u64)> {
         let rel = content_path(name).map_err(|m| self.integrity(name, m))?;
+        if let Some(map) = &self.flat {
+            let hex = map.get(&rel).ok_or_else(|| {
+                self.integrity(
+                    name,
+                    "not in the layer's table of contents (flat/composefs layer)",
+                )
+            })?;
+            let obj = PathBuf::from(&hex[..2]).join(&hex[2..]);
+            return fsutil::open_regular(&self.diff, &obj, Follow::No).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    self.integrity(
+                        name,
+                        format!(
+                            "content object {} is missing",
+                            self.diff_path.join(&obj).display()
+                        ),
+                    )
+                } else {
+                    StorageError::io(self.diff_path.join(&obj), e)
+                }
+            });
+        }
         let id = self.layer.id().to_string();
         let describe = move |e: std::io::Error, dir: &Path, rel: &Path| -> StorageError {
             let integrity = |m: String| StorageError::Integrity {
