@@ -369,12 +369,7 @@ impl Layer {
         let base = path.file_name().ok_or_else(|| {
             StorageError::InvalidArgument(format!("{} is not a file name", path.display()))
         })?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}-{:x}",
-            base.to_string_lossy(),
-            std::process::id(),
-            rand_u64()
-        ));
+        let tmp = dir.join(tmp_name(&base.to_string_lossy()));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -567,6 +562,11 @@ fn target_writer(t: Target<'_>) -> TargetWriter<'_> {
         Target::Write(w) => TargetWriter::Write(w),
         Target::Fd(fd, _) => TargetWriter::Fd(fd),
     }
+}
+
+/// A temporary file name next to `base`: `.<base>.tmp-<pid>-<random>`.
+pub(crate) fn tmp_name(base: &str) -> String {
+    format!(".{base}.tmp-{}-{:x}", std::process::id(), rand_u64())
 }
 
 fn rand_u64() -> u64 {

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StorageError};
-use crate::export::{ExportOptions, Verify};
+use crate::export::{ExportOptions, Verify, tmp_name};
 use crate::image::Image;
 use crate::layer::Layer;
 use crate::manifest::{
@@ -171,18 +171,6 @@ impl<W: Write> Write for HashWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn tmp_name(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!(".{prefix}.tmp-{}-{:x}", std::process::id(), h.finish())
 }
 
 /// Removes a temporary file when dropped unless disarmed.
