@@ -2,7 +2,7 @@
 # Installs the Debian packages the demo, the tests and the benchmarks use (needs root or sudo).
 # Does nothing when they are all present.
 set -euo pipefail
-PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip hyperfine)
+PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
