@@ -238,7 +238,13 @@ fn expand_env(s: &str, lookup: impl Fn(&str) -> String) -> String {
                     .bytes()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_')
                     .count();
-                if n == 0 { ("", 1) } else { (&rest[..n], n) }
+                if n == 0 {
+                    // Go drops the '$' and the next byte; here the next whole character,
+                    // so the result stays UTF-8 (found by fuzzing: "$°ME").
+                    ("", rest.chars().next().map(char::len_utf8).unwrap_or(1))
+                } else {
+                    (&rest[..n], n)
+                }
             };
             if !name.is_empty() {
                 out.push_str(&lookup(name));
@@ -1066,6 +1072,9 @@ autoextend_percent = "20"
         assert_eq!(expand_env("${}z", look), "z");
         assert_eq!(expand_env("${A", look), "A");
         assert_eq!(expand_env("$-x", look), "x");
+        // Regression (fuzzing): a '$' before a multi-byte character must not split it.
+        assert_eq!(expand_env("$\u{b0}ME/x", look), "ME/x");
+        assert_eq!(expand_env("a$\u{e9}", look), "a");
     }
 
     #[test]
