@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo, the tests and the benchmarks use (needs root or sudo).
-# Does nothing when they are all present.
+# Does nothing when they are all present. As root, also creates the user the rootless tests run
+# as (scripts/rootless-user.sh).
 set -euo pipefail
 PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+    [ "$(id -u)" -eq 0 ] && "$(dirname "$0")/rootless-user.sh"
+    exit 0
+fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
@@ -17,3 +21,5 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ "$(id -u)" -eq 0 ] && "$(dirname "$0")/rootless-user.sh"
+exit 0

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use cap_std::fs::Dir;
@@ -40,7 +40,7 @@ pub(crate) fn openat2_beneath(dir: impl AsFd, path: &Path, flags: OFlags) -> io:
         match rustix::fs::openat2(
             dir.as_fd(),
             path,
-            flags | OFlags::CLOEXEC | OFlags::NOCTTY,
+            with_safe_flags(flags),
             Mode::empty(),
             resolve_flags(),
         ) {
@@ -48,8 +48,28 @@ pub(crate) fn openat2_beneath(dir: impl AsFd, path: &Path, flags: OFlags) -> io:
             Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) if tries < 64 => {
                 tries += 1
             }
+            // A rootless store's file owned by a container user: the user-namespace helper
+            // may open it (if the program opted in and `dir` is beneath a store root).
+            Err(rustix::io::Errno::ACCESS) => {
+                return crate::userns::open_denied(
+                    dir.as_fd(),
+                    path,
+                    flags,
+                    rustix::io::Errno::ACCESS.into(),
+                );
+            }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// `flags` plus `O_CLOEXEC`, and `O_NOCTTY` unless `O_PATH` (which `openat2` accepts only with
+/// `O_CLOEXEC`, `O_DIRECTORY` and `O_NOFOLLOW`).
+pub(crate) fn with_safe_flags(flags: OFlags) -> OFlags {
+    if flags.contains(OFlags::PATH) {
+        flags | OFlags::CLOEXEC
+    } else {
+        flags | OFlags::CLOEXEC | OFlags::NOCTTY
     }
 }
 
@@ -139,18 +159,41 @@ pub(crate) fn read_file_optional(
 /// single component (no `/`), so no resolution happens outside `dir`.
 pub(crate) fn lstat_name(dir: impl AsFd, name: &str) -> io::Result<Option<rustix::fs::Stat>> {
     debug_assert!(!name.contains('/'));
-    match rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+    match lstat_at(dir, Path::new(name)) {
         Ok(st) => Ok(Some(st)),
-        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `fstatat(dir, path, AT_SYMLINK_NOFOLLOW)` for a path that is already confined to `dir` (a
+/// single component, or checked by the caller). Where `dir` cannot be searched (`EACCES`),
+/// the entry is opened `O_PATH` beneath `dir` (through the user-namespace helper, see
+/// [`crate::userns`]) and `fstat`ed.
+pub(crate) fn lstat_at(dir: impl AsFd, path: &Path) -> io::Result<rustix::fs::Stat> {
+    match rustix::fs::statat(dir.as_fd(), path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(st),
+        Err(rustix::io::Errno::ACCESS) => {
+            let fd = openat2_beneath(dir, path, OFlags::PATH | OFlags::NOFOLLOW)?;
+            Ok(rustix::fs::fstat(fd)?)
+        }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Reads the target of the symlink `name` (a single component) in `dir`.
+/// Reads the target of the symlink `name` (a single component) in `dir`; where `dir` cannot be
+/// searched, through an `O_PATH` fd as [`lstat_at`] does.
 pub(crate) fn read_link_name(dir: impl AsFd, name: &str) -> io::Result<std::ffi::OsString> {
     use std::os::unix::ffi::OsStringExt;
     debug_assert!(!name.contains('/'));
-    let target = rustix::fs::readlinkat(dir.as_fd(), name, Vec::new())?;
+    let target = match rustix::fs::readlinkat(dir.as_fd(), name, Vec::new()) {
+        Ok(t) => t,
+        Err(rustix::io::Errno::ACCESS) => {
+            let fd = openat2_beneath(dir, Path::new(name), OFlags::PATH | OFlags::NOFOLLOW)?;
+            rustix::fs::readlinkat(&fd, "", Vec::new())?
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(std::ffi::OsString::from_vec(target.into_bytes()))
 }
 
@@ -177,7 +220,41 @@ pub(crate) fn check_component(s: &str) -> Result<(), String> {
 
 /// Lists the extended attributes of an open file (names and values), with `ENOTSUP` meaning
 /// none. Values are read into a bounded buffer (64 KiB, the kernel's limit).
+///
+/// Where reading them is denied (`user.*` attributes of a rootless store's file owned by a
+/// container user), they are read through the user-namespace helper ([`crate::userns`]).
 pub(crate) fn fd_xattrs(fd: impl AsFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    match fd_xattrs_direct(fd.as_fd()) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            crate::userns::xattrs_denied(fd.as_fd(), e)
+        }
+        r => r,
+    }
+}
+
+/// The value of the extended attribute `name` of an open file, `None` if it has none (or the
+/// file system has no attributes, or it is not readable by us as `trusted.*` is not). Like
+/// [`fd_xattrs`], a denied read goes through the user-namespace helper.
+pub(crate) fn fd_xattr(fd: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let mut v = vec![0u8; 4096];
+    match rustix::fs::fgetxattr(fd.as_fd(), name, &mut v[..]) {
+        Ok(n) => {
+            v.truncate(n);
+            Ok(Some(v))
+        }
+        // Too big for the first buffer: read it with the full list.
+        Err(rustix::io::Errno::RANGE) | Err(rustix::io::Errno::ACCESS) => Ok(fd_xattrs(fd)?
+            .into_iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v)),
+        Err(rustix::io::Errno::NODATA)
+        | Err(rustix::io::Errno::NOTSUP)
+        | Err(rustix::io::Errno::PERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn fd_xattrs_direct(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 64 << 10];
     let n = match rustix::fs::flistxattr(fd.as_fd(), &mut names[..]) {
         Ok(n) => n,

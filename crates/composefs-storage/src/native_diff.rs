@@ -132,8 +132,7 @@ impl<W: Write> Gen<'_, W> {
         names.sort();
         for name in names {
             let path = join(rel, &name);
-            let st = rustix::fs::statat(dir, os(&name), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| self.err(&path, e.into()))?;
+            let st = fsutil::lstat_at(dir, os(&name)).map_err(|e| self.err(&path, e))?;
             let ft = FileType::from_raw_mode(st.st_mode);
             if ft == FileType::Socket {
                 continue;

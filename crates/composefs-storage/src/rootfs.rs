@@ -58,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cap_std::fs::Dir;
-use rustix::fs::{AtFlags, FileType, OFlags, Stat};
+use rustix::fs::{FileType, OFlags, Stat};
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
@@ -251,10 +251,10 @@ fn is_whiteout_name(name: &[u8]) -> bool {
 }
 
 fn lstat_at(dir: &Dir, name: &[u8]) -> io::Result<Option<Stat>> {
-    match rustix::fs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+    match fsutil::lstat_at(dir, Path::new(os(name))) {
         Ok(st) => Ok(Some(st)),
-        Err(rustix::io::Errno::NOENT) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -264,16 +264,9 @@ fn is_whiteout_dev(st: &Stat) -> bool {
 
 /// Is this layer directory opaque (xattr or `.wh..wh..opq` inside)?
 fn is_opaque(dir: &Dir) -> io::Result<bool> {
-    let mut v = [0u8; 8];
     for name in OPAQUE_XATTRS {
-        match rustix::fs::fgetxattr(dir, name, &mut v[..]) {
-            Ok(n) if &v[..n] == b"y" => return Ok(true),
-            Ok(_) => {}
-            Err(rustix::io::Errno::NODATA)
-            | Err(rustix::io::Errno::NOTSUP)
-            | Err(rustix::io::Errno::PERM)
-            | Err(rustix::io::Errno::RANGE) => {}
-            Err(e) => return Err(e.into()),
+        if fsutil::fd_xattr(dir, name)?.as_deref() == Some(b"y") {
+            return Ok(true);
         }
     }
     Ok(lstat_at(dir, OPAQUE_FILE.as_bytes())?.is_some())
@@ -281,18 +274,7 @@ fn is_opaque(dir: &Dir) -> io::Result<bool> {
 
 /// The `user.containers.override_stat` of a file or directory, if set.
 fn read_override(fd: impl AsFd) -> io::Result<Option<Vec<u8>>> {
-    let mut v = vec![0u8; 256];
-    match rustix::fs::fgetxattr(fd, OVERRIDE_XATTR, &mut v[..]) {
-        Ok(n) => {
-            v.truncate(n);
-            Ok(Some(v))
-        }
-        Err(rustix::io::Errno::NODATA)
-        | Err(rustix::io::Errno::NOTSUP)
-        | Err(rustix::io::Errno::PERM)
-        | Err(rustix::io::Errno::RANGE) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    fsutil::fd_xattr(fd, OVERRIDE_XATTR)
 }
 
 /// Applies `uid:gid:octalmode[:type]` to `md`. Malformed values are an error.
@@ -398,11 +380,10 @@ fn list_merged(
         let fd = if fresh {
             dir.as_fd()
         } else {
-            own = rustix::fs::openat(
+            own = fsutil::openat2_beneath(
                 &**dir,
-                ".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
+                Path::new("."),
+                OFlags::RDONLY | OFlags::DIRECTORY,
             )?;
             own.as_fd()
         };
@@ -909,8 +890,17 @@ impl RootFs {
 }
 
 fn read_link_at(dir: &Dir, name: &[u8]) -> io::Result<OsString> {
-    let t = rustix::fs::readlinkat(dir, os(name), Vec::new())?;
-    Ok(OsString::from_vec(t.into_bytes()))
+    match rustix::fs::readlinkat(dir, os(name), Vec::new()) {
+        Ok(t) => Ok(OsString::from_vec(t.into_bytes())),
+        Err(rustix::io::Errno::ACCESS) => {
+            let fd =
+                fsutil::openat2_beneath(dir, Path::new(os(name)), OFlags::PATH | OFlags::NOFOLLOW)?;
+            Ok(OsString::from_vec(
+                rustix::fs::readlinkat(&fd, "", Vec::new())?.into_bytes(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 struct Frame {

@@ -346,10 +346,15 @@ pub struct Storage {
 
 fn open_root(path: &Path, what: &str) -> Result<NamedDir> {
     match Dir::open_ambient_dir(path, ambient_authority()) {
-        Ok(dir) => Ok(NamedDir {
-            dir,
-            path: path.to_owned(),
-        }),
+        Ok(dir) => {
+            // A rootless store's container-owned files may need the user-namespace helper,
+            // which opens only beneath registered roots.
+            crate::userns::register_root(std::os::fd::AsFd::as_fd(&dir));
+            Ok(NamedDir {
+                dir,
+                path: path.to_owned(),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::StoreNotFound {
             path: path.to_owned(),
             reason: format!("the {what} does not exist"),

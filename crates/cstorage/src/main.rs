@@ -559,6 +559,8 @@ fn split_name(n: &str) -> (String, String) {
 }
 
 fn main() {
+    // First: this may be the user-namespace helper of a rootless store, re-executed.
+    composefs_storage::userns::init();
     let cli = Cli::parse();
     log::set_max_level(cli.log_level);
     let _ = log::set_logger(&LOGGER);

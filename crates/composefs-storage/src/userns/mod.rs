@@ -1,0 +1,181 @@
+//! User namespaces and file permissions.
+//!
+//! A rootless store's layer files belong to the user's subordinate UIDs (format doc section 11);
+//! outside podman's user namespace even the store's owner cannot read some of them (`/etc/shadow`
+//! owned by container root with mode 0600 is fine, but a 0600 file or a 0700 directory owned by
+//! a container user is not).
+//!
+//! The library can read those through a helper process. The helper runs in a new user
+//! namespace that maps the user's `/etc/subuid` and `/etc/subgid` ranges exactly as rootless
+//! podman does (written with `newuidmap`/`newgidmap`), where it may open every file of the
+//! store; it hands back file descriptors over a Unix socket (`SCM_RIGHTS`), so content is never
+//! copied through it. It is started the first time an open beneath a store root fails with
+//! `EACCES`, and asked only for what failed: world-readable files are opened directly. It opens
+//! read-only and only beneath the store roots (fd-relative, `RESOLVE_BENEATH`), and exits as
+//! soon as its socket to the program closes, which the kernel does when the program dies.
+//!
+//! The helper is this same program, re-executed: a program opts in by calling [`init`] first
+//! thing in `main`. Without that call, `EACCES` is reported as it is.
+//!
+//! ```no_run
+//! // First thing in `main`:
+//! composefs_storage::userns::init();
+//! // ... then parse arguments, open the store, read it ...
+//! ```
+
+mod client;
+mod helper;
+mod proto;
+
+use std::io;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+pub(crate) use client::{open_denied, register_root, xattrs_denied};
+
+/// Opts this program in to the user-namespace helper, and runs the helper if this process was
+/// started as one. Call it first thing in `main`, before any thread is started: when the
+/// helper is needed, the library re-executes the program (`/proc/self/exe`), and in that
+/// process this call serves requests and exits instead of returning.
+///
+/// Has no effect on what the program can read when it already bypasses file permissions
+/// (see [`can_bypass_file_permissions`]).
+pub fn init() {
+    if let Some(parent) = std::env::var_os(client::HELPER_ENV) {
+        helper::serve(&parent.to_string_lossy());
+    }
+    client::ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// How many files and directories this process has opened through the helper so far. Zero
+/// unless [`init`] was called and a read needed it.
+pub fn helper_opens() -> u64 {
+    client::OPENS.load(Ordering::Relaxed)
+}
+
+fn bypass_cached() -> bool {
+    static B: OnceLock<bool> = OnceLock::new();
+    *B.get_or_init(can_bypass_file_permissions)
+}
+
+/// The login name of `uid` from `/etc/passwd` (no NSS lookup: `newuidmap` reads `/etc/subuid`
+/// by name or number, and so do we).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    parse_user_name(&passwd, uid)
+}
+
+fn parse_user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// The subordinate ID ranges `(start, count)` of `uid`/`user` in `file` (`/etc/subuid` or
+/// `/etc/subgid`), in file order. A missing file means no ranges.
+fn sub_ids(file: &Path, uid: u32, user: Option<&str>) -> io::Result<Vec<(u32, u32)>> {
+    match std::fs::read_to_string(file) {
+        Ok(s) => Ok(parse_sub_ids(&s, uid, user)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", file.display()))),
+    }
+}
+
+fn parse_sub_ids(text: &str, uid: u32, user: Option<&str>) -> Vec<(u32, u32)> {
+    let uid = uid.to_string();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split(':');
+            let who = f.next()?;
+            let start = f.next()?.trim().parse::<u32>().ok()?;
+            let count = f.next()?.trim().parse::<u32>().ok()?;
+            (f.next().is_none()
+                && count > 0
+                && (who == uid || Some(who) == user)
+                && start.checked_add(count - 1).is_some())
+            .then_some((start, count))
+        })
+        .collect()
+}
+
+/// Capability numbers from `linux/capability.h`.
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+/// True if this process is in the initial user namespace (its UID map is the identity over
+/// the whole 32-bit range).
+pub fn in_initial_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f == ["0", "0", "4294967295"]
+        }
+        // Without /proc we cannot tell; assume the common case.
+        Err(_) => true,
+    }
+}
+
+/// True when this process can read every file of a store regardless of owner and mode:
+/// it is in the initial user namespace and has `CAP_DAC_OVERRIDE` or `CAP_DAC_READ_SEARCH`
+/// in its effective set (as root normally has). Inside a user namespace, capabilities only
+/// apply to files owned by mapped IDs, so they do not count.
+pub fn can_bypass_file_permissions() -> bool {
+    if !in_initial_user_namespace() {
+        return false;
+    }
+    match effective_caps() {
+        Some(caps) => caps & ((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) != 0,
+        None => rustix::process::geteuid().is_root(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_id_ranges_by_name_or_number() {
+        let text = "alice:100000:65536\n1001:300000:10\nbob:200000:65536\n# comment\n\
+                    alice:500000:0\nalice:x:1\nalice:4294967295:2\nalice:700000:5:extra\n";
+        assert_eq!(
+            parse_sub_ids(text, 1001, Some("alice")),
+            vec![(100000, 65536), (300000, 10)]
+        );
+        assert_eq!(
+            parse_sub_ids(text, 1002, Some("bob")),
+            vec![(200000, 65536)]
+        );
+        assert!(parse_sub_ids(text, 1003, Some("carol")).is_empty());
+        assert!(parse_sub_ids(text, 1003, None).is_empty());
+    }
+
+    #[test]
+    fn user_names_from_passwd() {
+        let p = "root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/sh\nbad\n";
+        assert_eq!(parse_user_name(p, 1001).as_deref(), Some("alice"));
+        assert_eq!(parse_user_name(p, 0).as_deref(), Some("root"));
+        assert_eq!(parse_user_name(p, 7), None);
+    }
+
+    #[test]
+    fn matches_what_the_kernel_allows() {
+        // Whatever the answer, it must agree with an actual attempt to read a file that only
+        // capabilities can open: mode 000, owned by someone else when we are not root.
+        let td = tempfile::tempdir().unwrap();
+        let p = td.path().join("secret");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        let readable = std::fs::read(&p).is_ok();
+        assert_eq!(can_bypass_file_permissions(), readable);
+    }
+}

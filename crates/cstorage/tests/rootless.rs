@@ -1,0 +1,546 @@
+//! A rootless user reads their own rootless store: the store is written by `skopeo copy` run as
+//! the unprivileged user `cstorage-rl` (created by `scripts/rootless-user.sh`, which
+//! `scripts/install-deps.sh` runs), with a fresh podman-default setup (no storage.conf, only
+//! `HOME` and `XDG_RUNTIME_DIR`), and `cstorage` is run as that user with no store flags.
+//!
+//! The layers hold files owned by container users with modes 0600, 0700 and 0000, which the
+//! user cannot open outside the user namespace: those must come through the helper, and only
+//! those.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use testutil::{Blob, OciLayout, fixture_dir, python_tar, run, sha256_file, sha256_hex};
+
+const USER: &str = "cstorage-rl";
+
+struct Fixture {
+    dir: PathBuf,
+    home: PathBuf,
+    run: PathBuf,
+    bin: PathBuf,
+    /// The DiffIDs of image `rl` (base first) and of image `many`.
+    rl_layers: Vec<String>,
+    many_layer: String,
+}
+
+/// Files of the `rl` image; (path, kind, mode, uid, content). Whiteouts and an opaque
+/// directory in the second layer.
+const LAYERS: &str = r#"
+import io, sys, tarfile
+def tar(entries):
+    b = io.BytesIO()
+    with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind, mode, uid, data in entries:
+            ti = tarfile.TarInfo(name); ti.mode = mode; ti.uid = uid; ti.gid = uid
+            ti.mtime = 1700000000
+            if kind == "d": ti.type = tarfile.DIRTYPE; t.addfile(ti)
+            elif kind == "l": ti.type = tarfile.SYMTYPE; ti.linkname = data.decode(); t.addfile(ti)
+            else: ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+    return b.getvalue()
+layers = [
+  tar([("etc", "d", 0o755, 0, b""), ("etc/shadow", "f", 0o600, 0, b"root:*:19000::::::\n"),
+       ("etc/passwd", "f", 0o644, 0, b"root:x:0:0:root:/root:/bin/sh\n"),
+       ("home", "d", 0o755, 0, b""), ("home/u", "d", 0o700, 1000, b""),
+       ("home/u/secret", "f", 0o600, 1000, b"the user's secret\n"),
+       ("home/u/open", "f", 0o644, 1000, b"readable, in a closed directory\n"),
+       ("home/u/link", "l", 0o777, 1000, b"secret"),
+       ("srv", "d", 0o000, 0, b""), ("srv/x", "f", 0o644, 0, b"below a mode 000 directory\n"),
+       ("zero", "f", 0o000, 1000, b"mode 000 file\n"), ("pub", "f", 0o644, 1000, b"public\n"),
+       ("opt", "d", 0o755, 0, b""), ("opt/locked", "d", 0o700, 2000, b""),
+       ("opt/locked/old", "f", 0o600, 2000, b"hidden by the opaque directory above\n")]),
+  tar([("etc", "d", 0o755, 0, b""), ("etc/shadow", "f", 0o640, 42, b"changed in layer 2\n"),
+       ("var", "d", 0o700, 33, b""), ("var/www", "f", 0o600, 33, b"www data\n"),
+       ("home", "d", 0o755, 0, b""), ("home/u", "d", 0o700, 1000, b""),
+       ("home/u/.wh.open", "f", 0o600, 1000, b""),
+       ("opt", "d", 0o755, 0, b""), ("opt/locked", "d", 0o700, 2000, b""),
+       ("opt/locked/.wh..wh..opq", "f", 0o600, 2000, b""),
+       ("opt/locked/new", "f", 0o600, 2000, b"new in layer 2\n")]),
+]
+# One layer for the killed-helper test: a protected file first (starts the helper), then
+# 2 MiB that fill the output pipe, then many more protected files.
+many = [("a", "d", 0o755, 0, b""), ("a/first", "f", 0o600, 1000, b"first\n"),
+        ("b", "d", 0o755, 0, b""), ("b/big", "f", 0o644, 0, bytes(range(256)) * 8192),
+        ("c", "d", 0o755, 0, b"")]
+many += [("c/s%03d" % i, "f", 0o600, 1000 + i, b"secret %d\n" % i) for i in range(200)]
+layers.append(tar(many))
+for l in layers:
+    sys.stdout.buffer.write(len(l).to_bytes(8, "little") + l)
+"#;
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let uid = testutil::stdout_of(Command::new("id").arg("-u"));
+        assert_eq!(
+            uid.trim(),
+            "0",
+            "the rootless tests run as root and switch to {USER}"
+        );
+        let ok = Command::new("id").arg(USER).output().unwrap();
+        assert!(
+            ok.status.success(),
+            "user {USER} is missing: run scripts/install-deps.sh (as root) first"
+        );
+        let dir = fixture_dir(&std::env::temp_dir(), "cst-rl");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = dir.join("home");
+        let run_dir = dir.join("run");
+        for d in [&home, &run_dir] {
+            std::fs::create_dir(d).unwrap();
+            testutil::run(Command::new("chown").arg(format!("{USER}:{USER}")).arg(d));
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        // The user may not be able to reach the build tree: run a copy.
+        let bin = dir.join("cstorage");
+        std::fs::copy(env!("CARGO_BIN_EXE_cstorage"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let raw = python_tar(LAYERS);
+        let mut tars = Vec::new();
+        let mut rest = &raw[..];
+        while !rest.is_empty() {
+            let n = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            tars.push(rest[8..8 + n].to_vec());
+            rest = &rest[8 + n..];
+        }
+        assert_eq!(tars.len(), 3);
+        let mut oci = OciLayout::create(&dir.join("oci"));
+        let rl = oci.add_image("rl", &tars[..2], Blob::Gzip, testutil::go_arch());
+        let many = oci.add_image("many", &tars[2..], Blob::Plain, testutil::go_arch());
+        testutil::run(Command::new("chmod").args(["-R", "a+rX"]).arg(&oci.dir));
+        let f = Fixture {
+            dir,
+            home,
+            run: run_dir,
+            bin,
+            rl_layers: rl.diff_ids,
+            many_layer: many.diff_ids[0].clone(),
+        };
+        for tag in ["rl", "many"] {
+            let src = oci.source(tag);
+            run(f
+                .as_user("skopeo")
+                .args(["copy", "--quiet", &src])
+                .arg(format!("containers-storage:localhost/{tag}:latest")));
+        }
+        f
+    })
+}
+
+impl Fixture {
+    /// `prog` run as the test user with a fresh login-like environment: no storage.conf, no
+    /// CONTAINERS_* variables, only HOME, XDG_RUNTIME_DIR and PATH.
+    fn as_user(&self, prog: &str) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", self.run.display()))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg("LANG=C.UTF-8")
+            .arg(prog)
+            .current_dir(&self.dir);
+        c
+    }
+
+    fn cstorage(&self) -> Command {
+        self.as_user(self.bin.to_str().unwrap())
+    }
+
+    fn graphroot(&self) -> PathBuf {
+        self.home.join(".local/share/containers/storage")
+    }
+
+    fn layers(&self) -> Vec<Value> {
+        let out = run(self.cstorage().args(["--format", "json", "layers"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The layer whose DiffID is `diff_id`.
+    fn layer_id(&self, diff_id: &str) -> String {
+        self.layers()
+            .into_iter()
+            .find(|l| l["diff_digest"] == diff_id)
+            .unwrap_or_else(|| panic!("no layer with diff-digest {diff_id}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Of `paths`, those the test user cannot open directly (EACCES), asked of the kernel.
+    fn denied_to_user(&self, paths: &[PathBuf]) -> BTreeSet<PathBuf> {
+        let script = r#"
+import os, sys
+for p in sys.stdin.read().split("\0"):
+    if not p: continue
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        if os.path.isdir(p) and not os.path.islink(p): flags |= os.O_DIRECTORY
+    except PermissionError: pass
+    try: os.close(os.open(p, flags))
+    except PermissionError: print(p)
+    except OSError: pass
+"#;
+        let mut input = Vec::new();
+        for p in paths {
+            input.extend_from_slice(p.as_os_str().as_encoded_bytes());
+            input.push(0);
+        }
+        let out = pipe_in(self.as_user("python3").args(["-c", script]), &input);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(PathBuf::from)
+            .collect()
+    }
+}
+
+fn pipe_in(c: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every path below `dir`, as root sees it.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        out.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        }
+    }
+}
+
+/// The paths logged as opened through the helper, and whether it was started.
+fn helper_log(stderr: &[u8]) -> (bool, BTreeSet<PathBuf>) {
+    let s = String::from_utf8_lossy(stderr);
+    let started = s.contains("started the user-namespace helper");
+    let opened = s
+        .lines()
+        .filter_map(|l| {
+            l.split_once("userns helper opened ")
+                .map(|(_, p)| PathBuf::from(p))
+        })
+        .collect();
+    (started, opened)
+}
+
+#[test]
+fn finds_the_store_with_no_flags_and_lists_it_like_podman() {
+    let f = fixture();
+    let info = String::from_utf8(run(f.cstorage().arg("info")).stdout).unwrap();
+    assert!(info.contains("rootless: true"), "{info}");
+    let images: Vec<Value> =
+        serde_json::from_slice(&run(f.cstorage().args(["--format", "json", "images"])).stdout)
+            .unwrap();
+    let mut ours: Vec<String> = images
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    ours.sort();
+    // podman, as the same user, in its own user namespace.
+    let out = run(f.as_user("podman").args(["images", "-q", "--no-trunc"]));
+    let mut theirs: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start_matches("sha256:").to_string())
+        .collect();
+    theirs.sort();
+    theirs.dedup();
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len(), 2);
+}
+
+#[test]
+fn every_layer_exports_to_its_diff_digest_through_the_helper_only_where_needed() {
+    let f = fixture();
+    let layers = f.layers();
+    assert_eq!(layers.len(), 3);
+    let out_dir = f.home.join("exports");
+    run(f.as_user("mkdir").arg("-p").arg(&out_dir));
+    let mut helper_files = 0;
+    for l in &layers {
+        let id = l["id"].as_str().unwrap();
+        let target = out_dir.join(format!("{id}.tar"));
+        let out = run(f
+            .cstorage()
+            .args(["--log-level", "debug", "layer", "export", id, "-o"])
+            .arg(&target));
+        assert_eq!(
+            format!("sha256:{}", sha256_file(&target)),
+            l["diff_digest"].as_str().unwrap(),
+            "layer {id}"
+        );
+        let (started, opened) = helper_log(&out.stderr);
+        // Ground truth from the kernel: what the user cannot open directly in this layer.
+        let diff = f.graphroot().join("overlay").join(id).join("diff");
+        let mut all = Vec::new();
+        walk(&diff, &mut all);
+        let denied = f.denied_to_user(&all);
+        let denied_files: BTreeSet<PathBuf> = denied
+            .iter()
+            .filter(|p| p.symlink_metadata().unwrap().is_file())
+            .cloned()
+            .collect();
+        assert!(
+            !denied_files.is_empty(),
+            "layer {id}: the fixture should have files the user cannot read"
+        );
+        // Used for every file that needed it, and for nothing the user could open itself.
+        assert!(
+            opened.is_subset(&denied),
+            "layer {id}: helper used for files the user can read: {:?}",
+            opened.difference(&denied).collect::<Vec<_>>()
+        );
+        assert!(
+            denied_files.is_subset(&opened),
+            "layer {id}: not opened through the helper: {:?}",
+            denied_files.difference(&opened).collect::<Vec<_>>()
+        );
+        assert!(started);
+        helper_files += denied_files.len();
+    }
+    assert!(helper_files > 200, "{helper_files}");
+}
+
+#[test]
+fn cat_ls_and_stat_see_container_owned_files() {
+    let f = fixture();
+    let cat = |p: &str| {
+        let out = run(f
+            .cstorage()
+            .args(["--log-level", "debug", "cat", "localhost/rl", p]));
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            helper_log(&out.stderr),
+        )
+    };
+    // A 0600 file of container user 1000 (a subordinate UID on the host).
+    let (secret, (started, opened)) = cat("/home/u/secret");
+    assert_eq!(secret, "the user's secret\n");
+    assert!(started);
+    assert!(
+        opened.iter().any(|p| p.ends_with("home/u/secret")),
+        "{opened:?}"
+    );
+    // Through a symlink in a closed directory; mode 000 file and directory.
+    assert_eq!(cat("/home/u/link").0, "the user's secret\n");
+    assert_eq!(cat("/zero").0, "mode 000 file\n");
+    assert_eq!(cat("/srv/x").0, "below a mode 000 directory\n");
+    assert_eq!(cat("/var/www").0, "www data\n");
+    assert_eq!(cat("/etc/shadow").0, "changed in layer 2\n");
+    assert_eq!(cat("/opt/locked/new").0, "new in layer 2\n");
+    // World-readable files never start the helper.
+    let (public, (started, opened)) = cat("/pub");
+    assert_eq!(public, "public\n");
+    assert!(!started && opened.is_empty(), "{opened:?}");
+
+    // The merged tree: whiteout and opaque directory applied inside closed directories.
+    let ls = |p: &str| {
+        String::from_utf8(run(f.cstorage().args(["ls", "localhost/rl", p])).stdout).unwrap()
+    };
+    assert_eq!(
+        ls("/home/u").lines().collect::<Vec<_>>(),
+        ["link", "secret"]
+    );
+    assert_eq!(ls("/opt/locked").lines().collect::<Vec<_>>(), ["new"]);
+    let top = ls("/");
+    for name in ["etc", "home", "opt", "pub", "srv", "var", "zero"] {
+        assert!(top.lines().any(|l| l == name), "{name} missing from {top}");
+    }
+    // The whole tree walks without a permission error.
+    run(f.cstorage().args(["ls", "-R", "localhost/rl", "/"]));
+}
+
+#[test]
+fn image_export_and_verify_work_as_the_user() {
+    let f = fixture();
+    run(f.cstorage().args(["verify", "--all"]));
+    let out = f.home.join("rl-oci");
+    run(f
+        .cstorage()
+        .args(["image", "export", "localhost/rl", "-o"])
+        .arg(&out));
+    // Read back by skopeo (as root: the layout belongs to the user, mode 0755 dirs).
+    let cfg = run(Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}", out.display())));
+    let cfg: Value = serde_json::from_slice(&cfg.stdout).unwrap();
+    let diff_ids: Vec<&str> = cfg["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(diff_ids, f.rl_layers);
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}", out.display())));
+    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    for (l, want) in manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&f.rl_layers)
+    {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let blob = std::fs::read(out.join("blobs/sha256").join(hex)).unwrap();
+        // Uncompressed export: the blob is the layer tar itself.
+        assert_eq!(format!("sha256:{}", sha256_hex(&blob)), *want);
+    }
+}
+
+#[test]
+fn without_a_subuid_range_the_error_says_so() {
+    let f = fixture();
+    let id = f.layer_id(&f.rl_layers[0]);
+    // The same user, in a mount namespace where /etc/subuid has no entry for them (newuidmap
+    // reads the same file, so this is exactly a user without a range).
+    let empty = f.dir.join("empty-subuid");
+    std::fs::write(&empty, b"").unwrap();
+    let inner = f
+        .cstorage()
+        .args(["layer", "export", &id, "-o", "/dev/null"])
+        .get_args()
+        .map(|a| a.to_owned())
+        .collect::<Vec<_>>();
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/subuid && exec runuser "$@""#)
+        .arg(&empty)
+        .args(&inner)
+        .current_dir(&f.dir);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("user {USER}"))
+            && err.contains("no subordinate UID range in /etc/subuid"),
+        "{err}"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_killed_helper_is_a_clear_error_not_a_hang() {
+    let f = fixture();
+    let id = f.layer_id(&f.many_layer);
+    let size = f
+        .layers()
+        .into_iter()
+        .find(|l| l["id"] == id.as_str())
+        .unwrap()["diff_size"]
+        .as_u64()
+        .unwrap();
+    let mut child = f
+        .cstorage()
+        .args(["--log-level", "debug", "layer", "export", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // The first file needs the helper; the 2 MiB after it fill the pipe we are not reading yet,
+    // so the export waits there until the helper is dead.
+    let pid = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no helper started: {log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split_once("user-namespace helper (pid ") {
+            break rest.1.trim_end().trim_end_matches(')').to_string();
+        }
+    };
+    run(Command::new("kill").args(["-KILL", &pid]));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stdout.read_to_end(&mut v).unwrap();
+        v
+    });
+    stderr.read_to_string(&mut log).unwrap();
+    let status = child.wait().unwrap();
+    let written = reader.join().unwrap();
+    assert!(!status.success());
+    assert!((written.len() as u64) < size, "{} of {size}", written.len());
+    let err = log.lines().last().unwrap();
+    assert!(
+        err.starts_with("cstorage: error:")
+            && err.contains(&format!("the user-namespace helper (pid {pid}) failed"))
+            && err.contains("signal: 9"),
+        "{log}"
+    );
+    assert!(err.contains("/c/s000"), "names the file: {err}");
+}
+
+/// The state letter of a process (`Z` for a zombie), `None` once it is gone.
+fn proc_state(pid: &str) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+}
+
+#[test]
+fn the_helper_dies_with_its_program() {
+    let f = fixture();
+    let id = f.layer_id(&f.many_layer);
+    let mut child = f
+        .cstorage()
+        .args(["--log-level", "debug", "layer", "export", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let helper = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no helper started"
+        );
+        if let Some(rest) = line.split_once("user-namespace helper (pid ") {
+            break rest.1.trim_end().trim_end_matches(')').to_string();
+        }
+    };
+    // The program is blocked writing to the pipe we do not read; kill it (not runuser).
+    let status = std::fs::read_to_string(format!("/proc/{helper}/status")).unwrap();
+    let parent = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(proc_state(&helper).is_some(), "the helper runs");
+    run(Command::new("kill").args(["-KILL", &parent]));
+    let _ = child.wait();
+    let t = std::time::Instant::now();
+    while matches!(proc_state(&helper), Some(s) if s != 'Z') {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "helper {helper} still running after its program {parent} was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
