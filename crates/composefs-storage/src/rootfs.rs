@@ -146,9 +146,11 @@ pub struct Metadata {
     pub kind: FileKind,
     /// Permission bits, including set-user-ID, set-group-ID and sticky (`mode & 0o7777`).
     pub mode: u32,
-    /// Owner UID.
+    /// Owner UID, as the image defines it. For a rootless store read by its user from outside
+    /// podman's user namespace, the host's subordinate IDs are mapped back the way rootless
+    /// podman maps them (the user is 0, the `/etc/subuid` ranges follow from 1).
     pub uid: u32,
-    /// Owner GID.
+    /// Owner GID (mapped back like `uid`).
     pub gid: u32,
     /// Size in bytes (for symlinks, the length of the target; 0 for devices).
     pub size: u64,
@@ -235,6 +237,8 @@ pub struct RootFs {
     layer_ids: Vec<String>,
     root: Merged,
     force_mask: bool,
+    /// For a rootless store read from outside its user namespace: host → image IDs.
+    id_maps: Option<&'static (crate::userns::IdMap, crate::userns::IdMap)>,
     _locks: Vec<crate::lock::SharedLock>,
 }
 
@@ -551,6 +555,11 @@ impl RootFs {
             layer_ids,
             root,
             force_mask: image.storage().overlay_options().force_mask.is_some(),
+            id_maps: if image.storage().config().rootless {
+                crate::userns::rootless_id_maps()
+            } else {
+                None
+            },
             _locks: locks,
         })
     }
@@ -729,6 +738,10 @@ impl RootFs {
             symlink_target: target.map(PathBuf::from),
             layer,
         };
+        if let Some((uids, gids)) = self.id_maps {
+            md.uid = uids.to_inside(md.uid);
+            md.gid = gids.to_inside(md.gid);
+        }
         if self.force_mask {
             if let Some(fd) = fd {
                 if let Some(v) = read_override(fd)? {

@@ -544,3 +544,77 @@ fn the_helper_dies_with_its_program() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The merged tree the user sees equals `umoci unpack` (run as root) of the source layout:
+/// names, types, modes, owners as the image defines them (mapped back from the host's
+/// subordinate IDs), sizes, link targets and every file's content.
+#[test]
+fn the_rootfs_view_matches_umoci_with_image_owners() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let bundle = f.dir.join("umoci-rl");
+    if !bundle.exists() {
+        run(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:rl", f.dir.join("oci").display()))
+            .arg(&bundle));
+    }
+    let rootfs = bundle.join("rootfs");
+    let mut all = Vec::new();
+    walk(&rootfs, &mut all);
+    all.sort();
+    let mut theirs = Vec::new();
+    let mut files = Vec::new();
+    for p in &all {
+        let md = p.symlink_metadata().unwrap();
+        let rel = format!("/{}", p.strip_prefix(&rootfs).unwrap().display());
+        let kind = if md.is_dir() {
+            "dir"
+        } else if md.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        let size = if md.is_dir() { None } else { Some(md.size()) };
+        theirs.push((
+            rel.clone(),
+            kind.to_string(),
+            format!("{:04o}", md.mode() & 0o7777),
+            md.uid(),
+            md.gid(),
+            size,
+        ));
+        if md.is_file() {
+            files.push((rel, std::fs::read(p).unwrap()));
+        }
+    }
+    let out = run(f
+        .cstorage()
+        .args(["--format", "json", "ls", "-R", "localhost/rl", "/"]));
+    let ours: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<_> = ours
+        .iter()
+        .filter(|e| e["path"] != "/")
+        .map(|e| {
+            let kind = e["type"].as_str().unwrap().to_string();
+            (
+                e["path"].as_str().unwrap().to_string(),
+                kind.clone(),
+                e["mode"].as_str().unwrap().to_string(),
+                e["uid"].as_u64().unwrap() as u32,
+                e["gid"].as_u64().unwrap() as u32,
+                (kind != "dir").then(|| e["size"].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(ours, theirs);
+    assert!(
+        ours.iter().any(|e| e.3 == 1000),
+        "container-owned files present"
+    );
+    // Every file's content, in one `cat` of all of them.
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    let out = run(f.cstorage().args(["cat", "localhost/rl"]).args(&paths));
+    let want: Vec<u8> = files.iter().flat_map(|(_, c)| c.clone()).collect();
+    assert_eq!(out.stdout, want);
+}

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,9 +20,6 @@ pub(super) const HELPER_ENV: &str = "_COMPOSEFS_STORAGE_USERNS_HELPER";
 
 /// Set by [`super::init`]: the program agreed to be re-executed as the helper.
 pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);
-
-/// Number of files and directories opened through the helper.
-pub(super) static OPENS: AtomicU64 = AtomicU64::new(0);
 
 /// How long a reply may take before the helper is declared stuck.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,7 +104,6 @@ pub(crate) fn open_denied(
             let fd = reply
                 .fd
                 .ok_or_else(|| c.broken(proto::protocol_error("an fd reply without an fd")))?;
-            OPENS.fetch_add(1, Ordering::Relaxed);
             log::debug!("userns helper opened {}", dir_path.join(path).display());
             Ok(fd)
         }

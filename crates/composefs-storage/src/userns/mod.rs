@@ -48,15 +48,61 @@ pub fn init() {
     client::ENABLED.store(true, Ordering::Relaxed);
 }
 
-/// How many files and directories this process has opened through the helper so far. Zero
-/// unless [`init`] was called and a read needed it.
-pub fn helper_opens() -> u64 {
-    client::OPENS.load(Ordering::Relaxed)
-}
-
 fn bypass_cached() -> bool {
     static B: OnceLock<bool> = OnceLock::new();
     *B.get_or_init(can_bypass_file_permissions)
+}
+
+/// A mapping of IDs between a user namespace and the host: `(inside, host, count)` ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdMap(Vec<(u32, u32, u32)>);
+
+/// What the kernel shows for an ID that has no mapping (`/proc/sys/kernel/overflowuid`).
+const OVERFLOW_ID: u32 = 65534;
+
+impl IdMap {
+    /// Rootless podman's mapping for the user `id`: `id` is 0 inside, and the subordinate
+    /// ranges follow from 1.
+    fn rootless(id: u32, ranges: &[(u32, u32)]) -> IdMap {
+        let mut m = vec![(0, id, 1)];
+        let mut next: u64 = 1;
+        for &(start, count) in ranges {
+            let Ok(inside) = u32::try_from(next) else {
+                break;
+            };
+            m.push((inside, start, count));
+            next += u64::from(count);
+        }
+        IdMap(m)
+    }
+
+    /// The ID inside the namespace of the host ID `host`; unmapped IDs show as the overflow ID,
+    /// as the kernel shows them.
+    pub(crate) fn to_inside(&self, host: u32) -> u32 {
+        self.0
+            .iter()
+            .find(|&&(_, h, n)| host >= h && u64::from(host) < u64::from(h) + u64::from(n))
+            .map_or(OVERFLOW_ID, |&(i, h, _)| i + (host - h))
+    }
+}
+
+/// The UID and GID maps of rootless podman's user namespace for this user, when this process
+/// is outside it (in the initial user namespace and not root). Files of a rootless store are
+/// owned by the host side of these maps; the image's IDs are the inside.
+pub(crate) fn rootless_id_maps() -> Option<&'static (IdMap, IdMap)> {
+    static M: OnceLock<Option<(IdMap, IdMap)>> = OnceLock::new();
+    M.get_or_init(|| {
+        let uid = rustix::process::getuid().as_raw();
+        if uid == 0 || !in_initial_user_namespace() {
+            return None;
+        }
+        let gid = rustix::process::getgid().as_raw();
+        let user = user_name(uid);
+        let subuid = sub_ids(Path::new("/etc/subuid"), uid, user.as_deref()).unwrap_or_default();
+        let subgid = sub_ids(Path::new("/etc/subgid"), uid, user.as_deref()).unwrap_or_default();
+        Some((IdMap::rootless(uid, &subuid), IdMap::rootless(gid, &subgid)))
+    })
+    .as_ref()
 }
 
 /// The login name of `uid` from `/etc/passwd` (no NSS lookup: `newuidmap` reads `/etc/subuid`
@@ -157,6 +203,22 @@ mod tests {
         );
         assert!(parse_sub_ids(text, 1003, Some("carol")).is_empty());
         assert!(parse_sub_ids(text, 1003, None).is_empty());
+    }
+
+    #[test]
+    fn rootless_maps_put_the_user_at_0_and_ranges_after() {
+        let m = IdMap::rootless(1001, &[(100000, 65536), (300000, 10)]);
+        assert_eq!(m.to_inside(1001), 0);
+        assert_eq!(m.to_inside(100000), 1);
+        assert_eq!(m.to_inside(100999), 1000);
+        assert_eq!(m.to_inside(165535), 65536);
+        assert_eq!(m.to_inside(300000), 65537);
+        assert_eq!(m.to_inside(300009), 65546);
+        // Not mapped: the overflow ID, as the kernel shows it.
+        for host in [0, 1000, 165536, 300010, u32::MAX] {
+            assert_eq!(m.to_inside(host), OVERFLOW_ID, "{host}");
+        }
+        assert_eq!(IdMap::rootless(5, &[]).to_inside(5), 0);
     }
 
     #[test]
