@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustix::fs::OFlags;
@@ -36,7 +36,7 @@ struct Root {
 enum State {
     NotStarted,
     Running {
-        sock: OwnedFd,
+        sock: Arc<OwnedFd>,
         child: Child,
     },
     /// The helper could not be started or died; every later request fails with this.
@@ -46,6 +46,8 @@ enum State {
 struct Client {
     roots: Vec<Root>,
     state: State,
+    /// Receive buffer, allocated once.
+    buf: Vec<u8>,
 }
 
 fn client() -> &'static Mutex<Client> {
@@ -54,6 +56,7 @@ fn client() -> &'static Mutex<Client> {
         Mutex::new(Client {
             roots: Vec::new(),
             state: State::NotStarted,
+            buf: Vec::new(),
         })
     })
 }
@@ -180,7 +183,7 @@ fn request(
         .max_by_key(|(i, _)| c.roots[*i].path.as_os_str().len())?;
     let rel = rel.as_os_str().as_bytes().to_vec();
     Some((|| {
-        let sock = c.running(denied)?.try_clone()?;
+        let sock = c.running(denied)?;
         let index = match c.roots[ri].helper_index {
             Some(i) => i,
             None => {
@@ -196,12 +199,15 @@ fn request(
 
 impl Client {
     /// The running helper, started now if needed.
-    fn running(&mut self, denied: &io::Error) -> io::Result<&OwnedFd> {
+    fn running(&mut self, denied: &io::Error) -> io::Result<Arc<OwnedFd>> {
         if let State::NotStarted = self.state {
             self.state = match start() {
                 Ok((sock, child)) => {
                     log::debug!("started the user-namespace helper (pid {})", child.id());
-                    State::Running { sock, child }
+                    State::Running {
+                        sock: Arc::new(sock),
+                        child,
+                    }
                 }
                 Err(e) => State::Failed(format!(
                     "{denied}, and the user-namespace helper that would read it as the \
@@ -210,7 +216,7 @@ impl Client {
             };
         }
         match &self.state {
-            State::Running { sock, .. } => Ok(sock),
+            State::Running { sock, .. } => Ok(sock.clone()),
             State::Failed(msg) => Err(io::Error::new(io::ErrorKind::PermissionDenied, msg.clone())),
             State::NotStarted => unreachable!("started above"),
         }
@@ -238,7 +244,10 @@ impl Client {
         if let Err(e) = proto::send(sock.as_fd(), msg, fd) {
             return Err(self.broken(e));
         }
-        match proto::recv(sock) {
+        if self.buf.len() < proto::MAX_REPLY {
+            self.buf = vec![0; proto::MAX_REPLY];
+        }
+        match proto::recv(sock, &mut self.buf) {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(self.broken(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -338,7 +347,8 @@ fn start() -> io::Result<(OwnedFd, Child)> {
         let _ = child.wait();
         e
     };
-    match proto::recv(&ours) {
+    let mut buf = vec![0; proto::MAX_MSG];
+    match proto::recv(&ours, &mut buf) {
         Ok(Some(m)) if m.bytes == [proto::READY] => {}
         Ok(Some(m)) if m.bytes.first() == Some(&proto::REPLY_ERR) => {
             return Err(fail(&mut child, proto::parse_error(&m.bytes[1..])));

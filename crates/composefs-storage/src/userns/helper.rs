@@ -60,7 +60,8 @@ pub(crate) fn serve(parent: &str) -> ! {
     if proto::send(sock, &[proto::READY], None).is_err() {
         std::process::exit(1);
     }
-    match proto::recv(sock) {
+    let mut buf = vec![0u8; proto::MAX_MSG];
+    match proto::recv(sock, &mut buf) {
         Ok(Some(m)) if m.bytes == [proto::MAPPED] => {}
         _ => std::process::exit(1),
     }
@@ -74,7 +75,7 @@ pub(crate) fn serve(parent: &str) -> ! {
     }
     let mut roots: Vec<OwnedFd> = Vec::new();
     loop {
-        let msg = match proto::recv(sock) {
+        let msg = match proto::recv(sock, &mut buf) {
             Ok(Some(m)) => m,
             Ok(None) => std::process::exit(0),
             Err(e) => fail(&format!("receiving a request: {e}")),

@@ -71,15 +71,15 @@ pub(crate) struct Msg {
     pub(crate) fd: Option<OwnedFd>,
 }
 
-/// Receives one message. `Ok(None)` means the other side closed the socket.
-pub(crate) fn recv(sock: impl AsFd) -> io::Result<Option<Msg>> {
-    let mut buf = vec![0u8; MAX_REPLY];
+/// Receives one message into `buf` (reused across calls; a longer message is an error).
+/// `Ok(None)` means the other side closed the socket.
+pub(crate) fn recv(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<Msg>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let r = loop {
         match rustix::net::recvmsg(
             sock.as_fd(),
-            &mut [io::IoSliceMut::new(&mut buf)],
+            &mut [io::IoSliceMut::new(buf)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         ) {
@@ -109,8 +109,10 @@ pub(crate) fn recv(sock: impl AsFd) -> io::Result<Option<Msg>> {
     if r.bytes == 0 {
         return Ok(None);
     }
-    buf.truncate(r.bytes);
-    Ok(Some(Msg { bytes: buf, fd }))
+    Ok(Some(Msg {
+        bytes: buf[..r.bytes].to_vec(),
+        fd,
+    }))
 }
 
 pub(crate) fn protocol_error(what: &str) -> io::Error {
@@ -287,12 +289,13 @@ mod tests {
         .unwrap();
         let f = tempfile::tempfile().unwrap();
         send(a.as_fd(), b"F", Some(f.as_fd())).unwrap();
-        let m = recv(&b).unwrap().unwrap();
+        let mut buf = vec![0; MAX_MSG];
+        let m = recv(&b, &mut buf).unwrap().unwrap();
         assert_eq!(m.bytes, b"F");
         let got = rustix::fs::fstat(m.fd.unwrap()).unwrap();
         let want = rustix::fs::fstat(&f).unwrap();
         assert_eq!((got.st_dev, got.st_ino), (want.st_dev, want.st_ino));
         drop(a);
-        assert!(recv(&b).unwrap().is_none());
+        assert!(recv(&b, &mut buf).unwrap().is_none());
     }
 }
