@@ -618,3 +618,74 @@ fn the_rootfs_view_matches_umoci_with_image_owners() {
     let want: Vec<u8> = files.iter().flat_map(|(_, c)| c.clone()).collect();
     assert_eq!(out.stdout, want);
 }
+
+/// Stores elsewhere, found as rootless podman finds them: a user storage.conf with
+/// `rootless_storage_path` (through `XDG_CONFIG_HOME`), and `XDG_DATA_HOME`. Each store gets
+/// written by skopeo with that environment and read by cstorage with the same one, no flags.
+#[test]
+fn rootless_discovery_follows_the_user_environment() {
+    let f = fixture();
+    let src = format!("oci:{}:rl", f.dir.join("oci").display());
+    let conf_dir = f.home.join("alt-config");
+    let alt_root = f.home.join("alt/storage");
+    run(f
+        .as_user("mkdir")
+        .arg("-p")
+        .arg(conf_dir.join("containers")));
+    run(f.as_user("sh").arg("-c").arg(format!(
+        "printf '[storage]\\ndriver = \"overlay\"\\nrootless_storage_path = \"$HOME/alt/storage\"\\n' > {}",
+        conf_dir.join("containers/storage.conf").display()
+    )));
+    let data_home = f.home.join("data");
+    let cases = [
+        (
+            format!("XDG_CONFIG_HOME={}", conf_dir.display()),
+            alt_root.clone(),
+        ),
+        (
+            format!("XDG_DATA_HOME={}", data_home.display()),
+            data_home.join("containers/storage"),
+        ),
+    ];
+    for (var, root) in cases {
+        let with = |prog: &str| {
+            let mut c = f.as_user("env");
+            c.arg(&var).arg(prog);
+            c
+        };
+        run(with("skopeo")
+            .args(["copy", "--quiet", &src])
+            .arg("containers-storage:localhost/elsewhere:latest"));
+        assert!(
+            root.join("overlay-images/images.json").exists(),
+            "{var}: {}",
+            root.display()
+        );
+        let info =
+            String::from_utf8(run(with(f.bin.to_str().unwrap()).arg("info")).stdout).unwrap();
+        assert!(
+            info.lines()
+                .any(|l| l == format!("graphroot: {}", root.display())),
+            "{var}: {info}"
+        );
+        let names = String::from_utf8(
+            run(with(f.bin.to_str().unwrap()).args(["images", "--format", "json"])).stdout,
+        )
+        .unwrap();
+        assert!(
+            names.contains("localhost/elsewhere:latest"),
+            "{var}: {names}"
+        );
+        // Reading it needs the helper as in the default store.
+        let out = run(with(f.bin.to_str().unwrap()).args([
+            "cat",
+            "localhost/elsewhere",
+            "/home/u/secret",
+        ]));
+        assert_eq!(out.stdout, b"the user's secret\n");
+    }
+    // The default store does not have it.
+    let names =
+        String::from_utf8(run(f.cstorage().args(["images", "--format", "json"])).stdout).unwrap();
+    assert!(!names.contains("elsewhere"), "{names}");
+}
