@@ -440,6 +440,45 @@ fn without_a_subuid_range_the_error_says_so() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// An export of the `many` layer to a pipe nobody reads yet: it has opened its first file
+/// through the helper and then blocks writing the 2 MiB after it. Returns the export, its
+/// stderr (read up to that open), what was read of it, and the helper's pid.
+fn blocked_export(
+    f: &Fixture,
+    id: &str,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    String,
+    String,
+) {
+    let mut child = f
+        .cstorage()
+        .args(["--log-level", "debug", "layer", "export", id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut pid = None;
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the helper did not open a/first: {log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split_once("user-namespace helper (pid ") {
+            pid = Some(rest.1.trim_end().trim_end_matches(')').to_string());
+        }
+        if line.contains("userns helper opened") && line.trim_end().ends_with("/a/first") {
+            break;
+        }
+    }
+    (child, stderr, log, pid.expect("helper pid logged"))
+}
+
 #[test]
 fn a_killed_helper_is_a_clear_error_not_a_hang() {
     let f = fixture();
@@ -451,28 +490,7 @@ fn a_killed_helper_is_a_clear_error_not_a_hang() {
         .unwrap()["diff_size"]
         .as_u64()
         .unwrap();
-    let mut child = f
-        .cstorage()
-        .args(["--log-level", "debug", "layer", "export", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    // The first file needs the helper; the 2 MiB after it fill the pipe we are not reading yet,
-    // so the export waits there until the helper is dead.
-    let pid = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no helper started: {log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.split_once("user-namespace helper (pid ") {
-            break rest.1.trim_end().trim_end_matches(')').to_string();
-        }
-    };
+    let (mut child, mut stderr, mut log, pid) = blocked_export(f, &id);
     run(Command::new("kill").args(["-KILL", &pid]));
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -506,24 +524,7 @@ fn proc_state(pid: &str) -> Option<char> {
 fn the_helper_dies_with_its_program() {
     let f = fixture();
     let id = f.layer_id(&f.many_layer);
-    let mut child = f
-        .cstorage()
-        .args(["--log-level", "debug", "layer", "export", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let helper = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no helper started"
-        );
-        if let Some(rest) = line.split_once("user-namespace helper (pid ") {
-            break rest.1.trim_end().trim_end_matches(')').to_string();
-        }
-    };
+    let (mut child, _stderr, _log, helper) = blocked_export(f, &id);
     // The program is blocked writing to the pipe we do not read; kill it (not runuser).
     let status = std::fs::read_to_string(format!("/proc/{helper}/status")).unwrap();
     let parent = status
