@@ -1,6 +1,6 @@
 #!/bin/bash
 # make-stores.sh - create containers-storage stores with trixie's tools.
-# usage: make-stores.sh [layout|plain|chunked|composefs|imagestore|transient|built|all]...
+# usage: make-stores.sh [layout|plain|chunked|composefs|toconly|imagestore|transient|built|all]...
 # Each store: $STORES/<name>/{root,run or r,storage.conf}; re-running a store wipes it first.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +21,7 @@ with_conf() { local n=$1; shift; CONTAINERS_STORAGE_CONF=$STORES/$n/storage.conf
 # write_conf NAME [extra lines for [storage]] -- overlay opts and pull opts via env
 write_conf() {
 	local n=$1 extra_storage=${2:-} partial=${PARTIAL:-false} overlay_extra=${OVERLAY_EXTRA:-}
+	local insecure=${INSECURE:-false}
 	local s=$STORES/$n rr; rr=$(runroot_of "$n")
 	umount_store "$n"
 	rm -rf "$s"
@@ -34,7 +35,7 @@ write_conf() {
 	$extra_storage
 
 	[storage.options]
-	pull_options = {enable_partial_images = "$partial", use_hard_links = "false", ostree_repos = ""}
+	pull_options = {enable_partial_images = "$partial", use_hard_links = "false", ostree_repos = "", insecure_allow_unpredictable_image_contents = "$insecure"}
 
 	[storage.options.overlay]
 	mountopt = "nodev"
@@ -98,6 +99,16 @@ do_composefs() {
 	umount_store composefs
 }
 
+do_toconly() {
+	# partial pull that does not compute the DiffID (c/storage's
+	# insecure_allow_unpredictable_image_contents): layers known by their TOC only
+	log toconly
+	push_chunked
+	PARTIAL=true INSECURE=true write_conf toconly
+	time with_conf toconly podman "${PODMAN_G[@]}" pull --quiet --tls-verify=false "$REG/test:chunked"
+	umount_store toconly
+}
+
 do_imagestore() {
 	log imagestore
 	write_conf imagestore "imagestore = \"$STORES/imagestore/images\""
@@ -138,8 +149,8 @@ do_built() {
 [ $# -gt 0 ] || set -- all
 for t in "$@"; do
 	case "$t" in
-	all) do_layout; do_plain; do_chunked; do_composefs; do_imagestore; do_transient; do_built ;;
-	layout|plain|chunked|composefs|imagestore|transient|built) "do_$t" ;;
+	all) do_layout; do_plain; do_chunked; do_composefs; do_toconly; do_imagestore; do_transient; do_built ;;
+	layout|plain|chunked|composefs|toconly|imagestore|transient|built) "do_$t" ;;
 	*) echo "unknown: $t" >&2; exit 2 ;;
 	esac
 done
