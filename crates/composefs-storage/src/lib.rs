@@ -81,6 +81,7 @@ pub mod rootfs;
 pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
+mod toc;
 pub mod userns;
 pub mod verify;
 

@@ -43,9 +43,11 @@ fn cache_dir() -> PathBuf {
 fn setup() -> Result<Env, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("the modern-store tests must run as root: they build a Debian 13 chroot \
+        return Err(
+            "the modern-store tests must run as root: they build a Debian 13 chroot \
                     (debootstrap) and run podman 5 in it"
-            .into());
+                .into(),
+        );
     }
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/trixie");
     let scripts = scripts
@@ -374,9 +376,7 @@ fn check_layers(st: &Store, errors: &mut Vec<String>) {
             }
             let got = format!("sha256:{}", sha256_file(&ours_tar));
             if got != dd {
-                errors.push(format!(
-                    "layer export {id}: sha256 {got}, diff-digest {dd}"
-                ));
+                errors.push(format!("layer export {id}: sha256 {got}, diff-digest {dd}"));
             }
             st.go_ok(&[
                 "sh",
@@ -429,7 +429,10 @@ fn check_layers(st: &Store, errors: &mut Vec<String>) {
                 ));
             }
             if ours_tar.exists() {
-                errors.push(format!("a refused export of {id} left {}", ours_tar.display()));
+                errors.push(format!(
+                    "a refused export of {id} left {}",
+                    ours_tar.display()
+                ));
             }
         }
     }
@@ -501,7 +504,10 @@ fn check_image_export(st: &Store, errors: &mut Vec<String>) {
         let man: Value =
             serde_json::from_slice(&st.go_ok(&["skopeo", "inspect", "--raw", &src])).unwrap();
         let cfg: Value = serde_json::from_slice(&cfg).unwrap();
-        let layers: Vec<String> = arr(&man["layers"]).iter().map(|l| s(&l["digest"])).collect();
+        let layers: Vec<String> = arr(&man["layers"])
+            .iter()
+            .map(|l| s(&l["digest"]))
+            .collect();
         let diff_ids: Vec<String> = arr(&cfg["rootfs"]["diff_ids"]).iter().map(s).collect();
         if layers != diff_ids {
             errors.push(format!(
@@ -589,12 +595,7 @@ fn walk_ours(storage: &Storage, image: &str) -> BTreeMap<PathBuf, Node> {
                 fs.open(&e.path).unwrap().read_to_end(&mut b).unwrap();
                 format!("{} {}", b.len(), sha256_hex(&b))
             }
-            "symlink" => md
-                .symlink_target
-                .as_ref()
-                .unwrap()
-                .display()
-                .to_string(),
+            "symlink" => md.symlink_target.as_ref().unwrap().display().to_string(),
             "char" | "block" => format!("{},{}", md.rdev_major, md.rdev_minor),
             _ => String::new(),
         };
@@ -619,15 +620,13 @@ fn walk_ours(storage: &Storage, image: &str) -> BTreeMap<PathBuf, Node> {
 fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
     let e = env();
     let layout = e.work.join("oci/test");
-    let layout_cfg: Value = serde_json::from_slice(
-        &st.go_ok(&[
-            "skopeo",
-            "inspect",
-            "--raw",
-            "--config",
-            &format!("oci:{}:v1", layout.display()),
-        ]),
-    )
+    let layout_cfg: Value = serde_json::from_slice(&st.go_ok(&[
+        "skopeo",
+        "inspect",
+        "--raw",
+        "--config",
+        &format!("oci:{}:v1", layout.display()),
+    ]))
     .unwrap();
     let storage = st.storage();
     for img in arr(&st.cst_json(&["images", "--format", "json"])) {
