@@ -141,6 +141,25 @@ do_built() {
 		--runtime runc --network none \
 		--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" \
 		-t localhost/built:v1 -f "$WORK/build/Containerfile" "$WORK/build"
+	# An untagged image with an image on its top layer that is not its child by podman's
+	# rule (two history entries more, from a build without --layers): podman lists it as a
+	# dangling <none> image, not as an intermediate one.
+	cat >"$WORK/build/Containerfile.b2" <<-'EOF'
+	FROM localhost/test:v1
+	RUN touch /b2-marker
+	EOF
+	cat >"$WORK/build/Containerfile.b3" <<-'EOF'
+	FROM localhost/b2:v1
+	RUN touch /b3-one
+	RUN touch /b3-two
+	EOF
+	for b in b2 b3; do
+		with_conf built podman "${PODMAN_G[@]}" build --pull=never --layers=false \
+			--runtime runc --network none \
+			--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" \
+			-t "localhost/$b:v1" -f "$WORK/build/Containerfile.$b" "$WORK/build"
+	done
+	with_conf built podman "${PODMAN_G[@]}" untag localhost/b2:v1
 	with_conf built podman "${PODMAN_G[@]}" create --name ctr-built --network none localhost/built:v1 /bin/sh
 	with_conf built podman "${PODMAN_G[@]}" images -a
 	umount_store built

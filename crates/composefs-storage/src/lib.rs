@@ -71,6 +71,7 @@ pub mod export;
 mod fsutil;
 pub mod image;
 pub mod image_export;
+mod intermediate;
 pub mod layer;
 mod lock;
 pub mod manifest;
