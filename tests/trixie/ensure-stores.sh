@@ -15,7 +15,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CSTORAGE_TRIXIE_CACHE:-/var/cache/cstorage-trixie}
 STORES=$CACHE/work/stores
-ALL=(plain chunked composefs imagestore transient built)
+ALL=(plain chunked composefs toconly imagestore transient built)
 keep=0
 [ "${1:-}" = --keep-stores ] && keep=1
 [ "$(id -u)" = 0 ] || { echo "ensure-stores: ERROR: must run as root (debootstrap, chroot, mounts)" >&2; exit 1; }

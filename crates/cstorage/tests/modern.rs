@@ -25,7 +25,7 @@ use serde_json::Value;
 use testutil::{sha256_file, sha256_hex};
 
 /// The number of `#[test]`s in this file: the last one to finish tears the chroot down.
-const TESTS: usize = 7;
+const TESTS: usize = 8;
 
 struct Env {
     scripts: PathBuf,
@@ -345,6 +345,7 @@ fn check_layers(st: &Store, errors: &mut Vec<String>) {
         ));
     }
     let mut exported = 0;
+    let mut refused = 0;
     for rec in arr(&go) {
         let id = s(&rec["id"]);
         let inspect = st.cst_json(&["layer", "inspect", &id, "--format", "json"]);
@@ -434,9 +435,77 @@ fn check_layers(st: &Store, errors: &mut Vec<String>) {
                     ours_tar.display()
                 ));
             }
+            if rec["toc-digest"].is_string() {
+                // Known by its TOC only: refused whatever the verification asked for.
+                let o = st.cst(&[
+                    "layer",
+                    "export",
+                    &id,
+                    "--verify",
+                    "none",
+                    "-o",
+                    ours_tar.to_str().unwrap(),
+                ]);
+                if o.status.success() || ours_tar.exists() {
+                    errors.push(format!(
+                        "layer export --verify none of the TOC-only layer {id} must be refused"
+                    ));
+                }
+            }
+            refused += 1;
         }
     }
-    assert!(exported > 0, "[{}] no layer with a diff-digest", st.name);
+    assert!(exported + refused > 0, "[{}] no layers", st.name);
+}
+
+/// A store whose layers are known by their TOC only: `verify --all` fails, naming each layer
+/// and why; `image export` refuses rather than write layers that are not the originals.
+fn check_toc_only_refusals(st: &Store, errors: &mut Vec<String>) {
+    let go = st.go_json(&["containers-storage", "layers", "-j"]);
+    let toc_only: Vec<String> = arr(&go)
+        .iter()
+        .filter(|l| l["toc-digest"].is_string() && l["diff-digest"].is_null())
+        .map(|l| s(&l["id"]))
+        .collect();
+    assert!(!toc_only.is_empty(), "[{}] no TOC-only layers", st.name);
+    let o = st.cst(&["verify", "--all"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if o.status.code() != Some(1) {
+        errors.push(format!(
+            "verify --all must exit 1 here: {}: {text}",
+            o.status
+        ));
+    }
+    for id in &toc_only {
+        // verify's table shows 12-character IDs.
+        if !text.contains(&id[..12]) {
+            errors.push(format!(
+                "verify --all does not name the TOC-only layer {id}: {text}"
+            ));
+        }
+    }
+    if !text.contains("table of contents") {
+        errors.push(format!("verify --all gives no reason: {text}"));
+    }
+    for img in arr(&st.cst_json(&["images", "--all", "--format", "json"])) {
+        let id = s(&img["id"]);
+        let dir = st.out.join(format!("oci-{}", &id[..12]));
+        let o = st.cst(&["image", "export", &id, "-o", dir.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.success() || !err.contains("table of contents") {
+            errors.push(format!(
+                "image export of {id} (TOC-only layers) must be refused with the reason: {}: {err}",
+                o.status
+            ));
+        }
+        if dir.join("index.json").exists() {
+            errors.push(format!("a refused image export left {}", dir.display()));
+        }
+    }
 }
 
 fn check_verify(st: &Store, errors: &mut Vec<String>) {
@@ -634,15 +703,47 @@ fn partial_pull_tar_entries(storage: &Storage, image: &str) -> Option<Vec<BTreeM
     let mut out = Vec::new();
     for l in layers {
         let mut m = BTreeMap::new();
-        for h in l.entries().unwrap() {
-            let h = h.unwrap();
-            let p = h.path_lossy();
+        let mut add = |p: &str, mtime: i64| {
             let p = p.trim_start_matches("./").trim_end_matches('/');
-            m.insert(Path::new("/").join(p), h.mtime);
+            m.insert(Path::new("/").join(p), mtime);
+        };
+        if l.has_tar_split().unwrap() {
+            for h in l.entries().unwrap() {
+                let h = h.unwrap();
+                add(&h.path_lossy(), h.mtime);
+            }
+        } else {
+            // Known by its TOC only: the TOC lists the tar's entries.
+            let toc: Value =
+                serde_json::from_slice(&l.read_big_data("zstd-chunked-manifest").unwrap()).unwrap();
+            for e in arr(&toc["entries"]) {
+                let t = chrono_free_secs(&s(&e["modtime"]));
+                add(&s(&e["name"]), t);
+            }
         }
         out.push(m);
     }
     Some(out)
+}
+
+/// Seconds since the epoch of a UTC RFC 3339 time `YYYY-MM-DDTHH:MM:SS[.frac]Z` (as the TOCs
+/// write it), without a date library; -1 for anything else.
+fn chrono_free_secs(t: &str) -> i64 {
+    let n = |a: usize, b: usize| t.get(a..b).and_then(|x| x.parse::<i64>().ok());
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) =
+        (n(0, 4), n(5, 7), n(8, 10), n(11, 13), n(14, 16), n(17, 19))
+    else {
+        return -1;
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    days * 86400 + h * 3600 + mi * 60 + se
 }
 
 /// The two ways c/storage 1.57's partial pull (zstd:chunked into a directory) writes a layer
@@ -701,19 +802,26 @@ fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
             &format!("containers-storage:{id}"),
         ]))
         .unwrap();
-        let source = if cfg == layout_cfg {
-            format!("{}:v1", layout.display())
-        } else {
-            let d = st.out.join(format!("src-{}", &id[..12]));
-            st.go_ok(&[
-                "skopeo",
-                "copy",
-                "--quiet",
-                &format!("containers-storage:{id}"),
-                &format!("oci:{}:src", d.display()),
-            ]);
-            format!("{}:src", d.display())
-        };
+        // The eStargz copy of the layout has the same files (plus the stargz.index.json entry,
+        // which is the TOC and not extracted): compare it with the layout too.
+        let estargz_ids = std::fs::read(e.work.join("oci/estargz.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| v["diff_ids"].clone());
+        let source =
+            if cfg == layout_cfg || Some(&cfg["rootfs"]["diff_ids"]) == estargz_ids.as_ref() {
+                format!("{}:v1", layout.display())
+            } else {
+                let d = st.out.join(format!("src-{}", &id[..12]));
+                st.go_ok(&[
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    &format!("containers-storage:{id}"),
+                    &format!("oci:{}:src", d.display()),
+                ]);
+                format!("{}:src", d.display())
+            };
         let bundle = st.out.join(format!("umoci-{}", &id[..12]));
         st.go_ok(&[
             "umoci",
@@ -802,6 +910,22 @@ fn composefs() {
     run_store("composefs", &ALL);
 }
 
+/// eStargz layers pulled partially with `insecure_allow_unpredictable_image_contents`: no
+/// tar-split and no diff-digest, only the TOC digest and c/image's expected DiffID.
+#[test]
+fn toconly() {
+    run_store(
+        "toconly",
+        &[
+            check_images,
+            check_inspect,
+            check_layers,
+            check_toc_only_refusals,
+            check_rootfs,
+        ],
+    );
+}
+
 #[test]
 fn imagestore() {
     run_store("imagestore", &ALL);
@@ -828,6 +952,7 @@ fn discovery_matches_podman_info() {
         "plain",
         "chunked",
         "composefs",
+        "toconly",
         "imagestore",
         "transient",
         "built",
