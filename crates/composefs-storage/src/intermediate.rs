@@ -138,14 +138,10 @@ impl Storage {
             if candidates.is_empty() {
                 continue;
             }
-            if cache.get(&i).is_none() {
-                cache.insert(i, lineage(img));
-            }
+            cache.entry(i).or_insert_with(|| lineage(img));
             let mut found = false;
             for c in candidates {
-                if cache.get(&c).is_none() {
-                    cache.insert(c, lineage(&images[c]));
-                }
+                cache.entry(c).or_insert_with(|| lineage(&images[c]));
                 if let (Some(Some(p)), Some(Some(ch))) = (cache.get(&i), cache.get(&c)) {
                     if parent_and_child(p, ch) {
                         found = true;
