@@ -863,6 +863,32 @@ fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
             ));
         }
         assert!(theirs.len() > 10, "umoci unpacked almost nothing");
+        // The same tree through the command line: `ls -R` names and `cat` contents.
+        let listed: BTreeSet<PathBuf> = String::from_utf8(st.cst_ok(&["ls", &id, "/", "-R"]))
+            .unwrap()
+            .lines()
+            .filter(|l| *l != "/")
+            .map(PathBuf::from)
+            .collect();
+        let want: BTreeSet<PathBuf> = theirs.keys().cloned().collect();
+        if listed != want {
+            errors.push(format!(
+                "cstorage ls {id} / -R: {} paths, umoci {}; only ours {:?}, only umoci {:?}",
+                listed.len(),
+                want.len(),
+                listed.difference(&want).collect::<Vec<_>>(),
+                want.difference(&listed).collect::<Vec<_>>()
+            ));
+        }
+        for (p, n) in theirs.iter().filter(|(_, n)| n.kind == "file") {
+            let b = st.cst_ok(&["cat", &id, p.to_str().unwrap()]);
+            if format!("{} {}", b.len(), sha256_hex(&b)) != n.content {
+                errors.push(format!(
+                    "cstorage cat {id} {}: other bytes than umoci's",
+                    p.display()
+                ));
+            }
+        }
     }
 }
 
