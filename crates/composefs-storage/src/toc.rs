@@ -132,21 +132,30 @@ impl TocTree {
     pub(crate) fn load(layer: &Layer) -> Result<TocTree> {
         let (diff, diff_path) = layer.diff_dir_with_path()?;
         let raw = layer.read_big_data("zstd-chunked-manifest")?;
-        let bad = |m: String| {
+        let nodes = build(&raw).map_err(|m| {
             StorageError::layer(
                 layer.id(),
                 format!("zstd-chunked-manifest (table of contents): {m}"),
             )
-        };
-        let toc: RawToc = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
-        if toc.entries.len() > MAX_ENTRIES {
-            return Err(bad(format!("more than {MAX_ENTRIES} entries")));
-        }
-        let mut tree = TocTree {
+        })?;
+        Ok(TocTree {
             layer: layer.id().to_string(),
-            nodes: vec![TocNode::implicit_dir()],
+            nodes,
             diff,
             diff_path,
+        })
+    }
+}
+
+/// The nodes of the tree a TOC describes; node 0 is the root. Any error is a message.
+fn build(raw: &[u8]) -> std::result::Result<Vec<TocNode>, String> {
+    {
+        let toc: RawToc = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
+        if toc.entries.len() > MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries"));
+        }
+        let mut tree = Nodes {
+            nodes: vec![TocNode::implicit_dir()],
         };
         let mut links = Vec::new();
         for e in &toc.entries {
@@ -160,20 +169,20 @@ impl TocTree {
                 "fifo" => FileType::Fifo,
                 // Further chunks of a file already listed.
                 "chunk" => continue,
-                other => return Err(bad(format!("entry {:?} has type {other:?}", e.name))),
+                other => return Err(format!("entry {:?} has type {other:?}", e.name)),
             };
-            let parts = clean(&e.name).map_err(bad)?;
+            let parts = clean(&e.name)?;
             let digest = match e.digest.strip_prefix("sha256:") {
                 Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
                     Some(h.to_ascii_lowercase())
                 }
                 None if e.digest.is_empty() => None,
-                _ => return Err(bad(format!("entry {:?}: digest {:?}", e.name, e.digest))),
+                _ => return Err(format!("entry {:?}: digest {:?}", e.name, e.digest)),
             };
             let (mtime, mtime_nsec) = match e.modtime.as_deref() {
                 Some(t) => {
                     let t = crate::records::parse_rfc3339(t)
-                        .ok_or_else(|| bad(format!("entry {:?}: modtime {t:?}", e.name)))?;
+                        .ok_or_else(|| format!("entry {:?}: modtime {t:?}", e.name))?;
                     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
                     (
                         i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -184,18 +193,18 @@ impl TocTree {
             };
             let node = TocNode {
                 kind,
-                mode: num::<u32>(e.mode, "mode", &e.name).map_err(bad)? & 0o7777,
-                uid: num(e.uid, "uid", &e.name).map_err(bad)?,
-                gid: num(e.gid, "gid", &e.name).map_err(bad)?,
+                mode: num::<u32>(e.mode, "mode", &e.name)? & 0o7777,
+                uid: num(e.uid, "uid", &e.name)?,
+                gid: num(e.gid, "gid", &e.name)?,
                 size: if kind == FileType::RegularFile {
-                    num(e.size, "size", &e.name).map_err(bad)?
+                    num(e.size, "size", &e.name)?
                 } else {
                     0
                 },
                 mtime,
                 mtime_nsec,
-                rdev_major: num(e.dev_major, "devMajor", &e.name).map_err(bad)?,
-                rdev_minor: num(e.dev_minor, "devMinor", &e.name).map_err(bad)?,
+                rdev_major: num(e.dev_major, "devMajor", &e.name)?,
+                rdev_minor: num(e.dev_minor, "devMinor", &e.name)?,
                 target: if kind == FileType::Symlink {
                     e.link_name.as_bytes().to_vec()
                 } else {
@@ -208,7 +217,7 @@ impl TocTree {
             };
             let idx = tree.insert(&parts, node);
             if e.ty == "hardlink" {
-                links.push((idx, clean(&e.link_name).map_err(bad)?, e.name.clone()));
+                links.push((idx, clean(&e.link_name)?, e.name.clone()));
             }
         }
         for (i, n) in tree.nodes.iter_mut().enumerate() {
@@ -218,7 +227,7 @@ impl TocTree {
             let t = tree
                 .find(&target)
                 .filter(|&t| tree.nodes[t].kind != FileType::Directory)
-                .ok_or_else(|| bad(format!("hard link {name:?}: target not found")))?;
+                .ok_or_else(|| format!("hard link {name:?}: target not found"))?;
             let t = tree.nodes[t].ino;
             let mut n = tree.nodes[t].clone();
             n.children.clear();
@@ -231,9 +240,16 @@ impl TocTree {
         for n in &mut tree.nodes {
             n.nlink = counts[n.ino];
         }
-        Ok(tree)
+        Ok(tree.nodes)
     }
+}
 
+/// The nodes while they are built.
+struct Nodes {
+    nodes: Vec<TocNode>,
+}
+
+impl Nodes {
     /// Adds (or replaces) the node at `parts`, creating implicit parent directories.
     fn insert(&mut self, parts: &[Vec<u8>], node: TocNode) -> usize {
         let Some((last, parents)) = parts.split_last() else {
@@ -287,7 +303,9 @@ impl TocTree {
         }
         Some(cur)
     }
+}
 
+impl TocTree {
     /// The child `name` of directory node `dir`.
     pub(crate) fn child(&self, dir: usize, name: &[u8]) -> Option<usize> {
         self.nodes.get(dir)?.children.get(name).copied()
@@ -340,3 +358,91 @@ impl TocTree {
 
 /// Shared handle on a flat layer's tree.
 pub(crate) type TocRef = Arc<TocTree>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(entries: serde_json::Value) -> std::result::Result<Vec<TocNode>, String> {
+        build(&serde_json::to_vec(&serde_json::json!({"version": 1, "entries": entries})).unwrap())
+    }
+
+    fn at(nodes: &[TocNode], path: &str) -> Option<usize> {
+        let mut cur = 0;
+        for p in path.split('/').filter(|p| !p.is_empty()) {
+            cur = *nodes[cur].children.get(p.as_bytes())?;
+        }
+        Some(cur)
+    }
+
+    #[test]
+    fn implicit_parents_hard_links_and_replacements() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let n = tree(serde_json::json!([
+            {"type": "reg", "name": "a/b/f", "mode": 0o100644, "size": 3, "uid": 7,
+             "modtime": "2023-11-14T22:13:20Z", "digest": d},
+            {"type": "hardlink", "name": "./a/h", "linkName": "a/b/f"},
+            {"type": "dir", "name": "a/", "mode": 0o700, "modtime": "2023-11-14T22:13:20Z"},
+            {"type": "symlink", "name": "/l", "linkName": "../x"},
+            {"type": "chunk", "name": "a/b/f", "offset": 5},
+            {"type": "reg", "name": "a/.wh.gone"},
+        ]))
+        .unwrap();
+        let a = at(&n, "a").unwrap();
+        assert_eq!((n[a].mode, n[a].mtime), (0o700, 1_700_000_000));
+        assert_eq!(n[a].children.len(), 3, "b, h and the whiteout stay under a");
+        let b = at(&n, "a/b").unwrap();
+        assert_eq!(
+            (n[b].kind, n[b].mode, n[b].mtime),
+            (FileType::Directory, 0o755, 0)
+        );
+        let f = at(&n, "a/b/f").unwrap();
+        let h = at(&n, "a/h").unwrap();
+        assert_eq!(n[f].mode, 0o644, "type bits are dropped");
+        assert_eq!((n[h].ino, n[h].nlink, n[f].nlink), (n[f].ino, 2, 2));
+        assert_eq!(n[h].digest, n[f].digest);
+        let l = at(&n, "l").unwrap();
+        assert_eq!(
+            (n[l].kind, n[l].target.as_slice()),
+            (FileType::Symlink, &b"../x"[..])
+        );
+        assert!(n[at(&n, "a/.wh.gone").unwrap()].digest.is_none());
+    }
+
+    #[test]
+    fn bad_tables_of_contents_are_errors() {
+        for bad in [
+            serde_json::json!([{"type": "reg", "name": "../etc/passwd"}]),
+            serde_json::json!([{"type": "socket", "name": "s"}]),
+            serde_json::json!([{"type": "reg", "name": "f", "mode": -1}]),
+            serde_json::json!([{"type": "reg", "name": "f", "size": -5}]),
+            serde_json::json!([{"type": "reg", "name": "f", "uid": 1_i64 << 40}]),
+            serde_json::json!([{"type": "reg", "name": "f", "digest": "sha256:zz"}]),
+            serde_json::json!([{"type": "reg", "name": "f", "modtime": "yesterday"}]),
+            serde_json::json!([{"type": "hardlink", "name": "h", "linkName": "missing"}]),
+            serde_json::json!([{"type": "dir", "name": "d"},
+                               {"type": "hardlink", "name": "h", "linkName": "d"}]),
+        ] {
+            assert!(tree(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(build(b"not json").is_err());
+        assert!(build(b"{\"entries\": 5}").is_err());
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_directory_and_back() {
+        let n = tree(serde_json::json!([
+            {"type": "reg", "name": "x/y"},
+            {"type": "reg", "name": "x"},
+            {"type": "reg", "name": "x/z"},
+        ]))
+        .unwrap();
+        let x = at(&n, "x").unwrap();
+        assert_eq!(n[x].kind, FileType::Directory);
+        assert!(at(&n, "x/z").is_some());
+        assert!(
+            at(&n, "x/y").is_none(),
+            "the file x dropped the old directory's children"
+        );
+    }
+}
