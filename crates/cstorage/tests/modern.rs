@@ -17,15 +17,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use composefs_storage::{Storage, StorageConfig};
 use serde_json::Value;
 use testutil::{sha256_file, sha256_hex};
-
-/// The number of `#[test]`s in this file: the last one to finish tears the chroot down.
-const TESTS: usize = 8;
 
 struct Env {
     scripts: PathBuf,
@@ -94,17 +90,6 @@ fn setup() -> Result<Env, String> {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    // Mount the chroot once, before the tests run tools in it in parallel.
-    let m = Command::new(scripts.join("trixie-env.sh"))
-        .arg("mount")
-        .output()
-        .map_err(|e| format!("trixie-env.sh mount: {e}"))?;
-    if !m.status.success() {
-        return Err(format!(
-            "trixie-env.sh mount failed: {}",
-            String::from_utf8_lossy(&m.stderr)
-        ));
-    }
     // SAFETY: as above; converts the exclusive lock to a shared one.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) } != 0 {
         return Err(format!(
@@ -128,17 +113,45 @@ fn env() -> &'static Env {
     }
 }
 
-/// Counts finished tests; the last one unmounts the chroot, so a run leaves nothing mounted.
-struct Finish;
+/// Held by each test while it runs tools in the chroot: the first of a group of running
+/// tests mounts the chroot, the last one to finish unmounts it, so a run (also a filtered
+/// one) leaves nothing mounted.
+struct InChroot;
 
-impl Drop for Finish {
+static RUNNING: Mutex<usize> = Mutex::new(0);
+
+fn trixie_env(arg: &str) -> Output {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/trixie");
+    Command::new(scripts.join("trixie-env.sh"))
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+impl InChroot {
+    fn new() -> InChroot {
+        env();
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        if *n == 0 {
+            let o = trixie_env("mount");
+            assert!(
+                o.status.success(),
+                "trixie-env.sh mount failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        *n += 1;
+        InChroot
+    }
+}
+
+impl Drop for InChroot {
     fn drop(&mut self) {
-        static DONE: AtomicUsize = AtomicUsize::new(0);
-        if DONE.fetch_add(1, Ordering::SeqCst) + 1 == TESTS {
-            let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/trixie");
-            let _ = Command::new(scripts.join("trixie-env.sh"))
-                .arg("teardown")
-                .output();
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            let _ = trixie_env("teardown");
         }
     }
 }
@@ -893,7 +906,7 @@ fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
 }
 
 fn run_store(name: &'static str, checks: &[fn(&Store, &mut Vec<String>)]) {
-    let _f = Finish;
+    let _c = InChroot::new();
     let st = Store::new(name);
     let t0 = std::time::Instant::now();
     let mut errors = Vec::new();
@@ -972,7 +985,7 @@ fn built() {
 /// info` reports.
 #[test]
 fn discovery_matches_podman_info() {
-    let _f = Finish;
+    let _c = InChroot::new();
     let mut errors = Vec::new();
     for name in [
         "plain",
