@@ -790,9 +790,9 @@ fn partial_pull_deviation(
     }
 }
 
-/// The merged view of every named image against `umoci unpack` of its source: the OCI layout
-/// the stores were made from, or (for images built in the store) the image as skopeo copies
-/// it out of the store.
+/// The merged view of every image (intermediate and dangling ones too) against `umoci unpack`
+/// of its source: the OCI layout the stores were made from, or (for images built in the
+/// store) the image as skopeo copies it out of the store.
 fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
     let e = env();
     let layout = e.work.join("oci/test");
@@ -805,7 +805,7 @@ fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
     ]))
     .unwrap();
     let storage = st.storage();
-    for img in arr(&st.cst_json(&["images", "--format", "json"])) {
+    for img in arr(&st.cst_json(&["images", "--all", "--format", "json"])) {
         let id = s(&img["id"]);
         let cfg: Value = serde_json::from_slice(&st.go_ok(&[
             "skopeo",
