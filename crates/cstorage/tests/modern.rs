@@ -464,6 +464,13 @@ fn check_layers(st: &Store, errors: &mut Vec<String>) {
                         "layer export --verify none of the TOC-only layer {id} must be refused"
                     ));
                 }
+                let o = st.cst(&["layer", "ls", &id]);
+                if o.status.success() || !String::from_utf8_lossy(&o.stderr).contains(&reason) {
+                    errors.push(format!(
+                        "layer ls of the TOC-only layer {id} must fail with the reason: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    ));
+                }
             }
             refused += 1;
         }
