@@ -24,6 +24,10 @@
 //! (`fstatat`, `openat2(RESOLVE_BENEATH)` with `O_NOFOLLOW`); no absolute path is built and
 //! no symlink is ever followed by the kernel.
 //!
+//! Layers stored flat by composefs-backed stores (`diff/` holding only file contents, named
+//! by digest) are read through their zstd:chunked table of contents instead: names, types,
+//! owners, modes, times and link targets come from the TOC, contents from `diff/<2>/<62>`.
+//!
 //! Metadata is the layers' own (owner, mode, times). In stores with `force_mask`, the real
 //! owner, mode and type are read from the xattr `user.containers.override_stat` when present.
 //! Layers with UID/GID mappings (rare for image layers) are reported as stored on disk.
