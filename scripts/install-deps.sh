@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the demo, the tests and the benchmarks use (needs root or sudo).
+# Installs the Debian packages the demo, the tests and the benchmarks use (needs root or sudo);
+# debootstrap builds the Debian 13 chroot of the modern-store tests (tests/trixie/).
 # Does nothing when they are all present. As root, also creates the user the rootless tests run
 # as (scripts/rootless-user.sh).
 set -euo pipefail
-PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time)
+PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -408,11 +408,11 @@ impl Layer {
         let (locks, tar_split) = open_locked(self)?;
         let Some(tar_split) = tar_split else {
             drop(locks);
-            if opts.verify == Verify::Digest {
-                return Err(StorageError::layer(
-                    self.id(),
-                    "has no tar-split, so its original tar cannot be rebuilt and verified against a digest",
-                ));
+            // A layer known by its table of contents, or stored flat (composefs), has no
+            // meaningful tar to generate from its diff directory: refuse. Other layers
+            // (container layers) get a generated tar, but never as a verified original.
+            if opts.verify == Verify::Digest || self.toc_digest().is_some() || self.is_flat()? {
+                return Err(StorageError::layer(self.id(), self.no_tar_split_reason()));
             }
             return crate::native_diff::generate(self, target_writer(target), &name, opts);
         };

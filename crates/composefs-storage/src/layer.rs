@@ -18,6 +18,9 @@ use crate::storage::{LayerStore, NamedDir, Snapshot, Storage, layer_users};
 /// kernel's overlayfs stacks at most a few hundred lowers).
 pub(crate) const MAX_CHAIN: usize = 4096;
 
+/// The layer big-data key that says how a partially pulled layer is stored.
+const LAYER_DATA_KEY: &str = "zstd-chunked-layer-data";
+
 /// Compression of the blob a layer was created from (`compression` in `layers.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -437,6 +440,56 @@ impl Layer {
     /// True if the layer has tar-split metadata, so its original tar can be rebuilt exactly.
     pub fn has_tar_split(&self) -> Result<bool> {
         Ok(self.open_tar_split()?.is_some())
+    }
+
+    /// Why the layer's original tar cannot be rebuilt exactly, or `None` when it can (the
+    /// layer has tar-split). Layers without tar-split are container (read-write) layers,
+    /// layers filled through a mount, and partially pulled layers known only by their table
+    /// of contents (eStargz, or zstd:chunked without tar-split).
+    pub fn not_reproducible_reason(&self) -> Result<Option<String>> {
+        if self.has_tar_split()? {
+            return Ok(None);
+        }
+        Ok(Some(self.no_tar_split_reason()))
+    }
+
+    /// The reason given for a layer that has no tar-split.
+    pub(crate) fn no_tar_split_reason(&self) -> String {
+        if self.toc_digest().is_some() {
+            let expected = match self.diff_id() {
+                Some(d) => format!("; its expected DiffID is {d}"),
+                None => String::new(),
+            };
+            format!(
+                "partially pulled layer with no tar-split, known only by its table of contents: \
+                 its original tar cannot be rebuilt{expected}"
+            )
+        } else if let Some(d) = self.diff_digest() {
+            format!("has no tar-split, so its original tar ({d}) cannot be rebuilt")
+        } else {
+            "has no tar-split and no diff-digest (a container's read-write layer): its original \
+             tar cannot be rebuilt; a tar generated from its diff directory matches no DiffID"
+                .to_string()
+        }
+    }
+
+    /// True if the layer is stored in the flat format of composefs-backed stores
+    /// (`zstd-chunked-layer-data` big data `{"format":1}`): `diff/` holds file contents by
+    /// digest, and names come from the table of contents.
+    pub fn is_flat(&self) -> Result<bool> {
+        if !self.meta.big_data_names.iter().any(|n| n == LAYER_DATA_KEY) {
+            return Ok(false);
+        }
+        #[derive(serde::Deserialize)]
+        struct LayerData {
+            #[serde(default)]
+            format: i64,
+        }
+        let b = self.read_big_data(LAYER_DATA_KEY)?;
+        let d: LayerData = serde_json::from_slice(&b).map_err(|e| {
+            StorageError::layer(self.id(), format!("{LAYER_DATA_KEY} is not valid: {e}"))
+        })?;
+        Ok(d.format == 1)
     }
 
     /// Reads a layer big-data item (e.g. `zstd-chunked-manifest`).

@@ -71,6 +71,7 @@ pub mod export;
 mod fsutil;
 pub mod image;
 pub mod image_export;
+mod intermediate;
 pub mod layer;
 mod lock;
 pub mod manifest;
@@ -81,6 +82,7 @@ pub mod rootfs;
 pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
+mod toc;
 pub mod userns;
 pub mod verify;
 

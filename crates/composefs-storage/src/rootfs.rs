@@ -24,6 +24,10 @@
 //! (`fstatat`, `openat2(RESOLVE_BENEATH)` with `O_NOFOLLOW`); no absolute path is built and
 //! no symlink is ever followed by the kernel.
 //!
+//! Layers stored flat by composefs-backed stores (`diff/` holding only file contents, named
+//! by digest) are read through their zstd:chunked table of contents instead: names, types,
+//! owners, modes, times and link targets come from the TOC, contents from `diff/<2>/<62>`.
+//!
 //! Metadata is the layers' own (owner, mode, times). In stores with `force_mask`, the real
 //! owner, mode and type are read from the xattr `user.containers.override_stat` when present.
 //! Layers with UID/GID mappings (rare for image layers) are reported as stored on disk.
@@ -63,6 +67,7 @@ use rustix::fs::{FileType, OFlags, Stat};
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
 use crate::image::Image;
+use crate::toc::{TocRef, TocTree};
 
 /// Most symlinks followed while resolving one path (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
@@ -199,7 +204,110 @@ pub struct WalkEntry {
 
 /// A directory of the merged view: the layer directories that make it up, top first, each
 /// with its layer's index (0 = base).
-type Merged = Vec<(usize, Arc<Dir>)>;
+type Merged = Vec<(usize, LDir)>;
+
+/// One layer's directory: on disk, or (for a layer stored flat, as composefs stores do) a
+/// directory node of the tree read from the layer's table of contents.
+#[derive(Debug, Clone)]
+enum LDir {
+    Disk(Arc<Dir>),
+    Toc(TocRef, usize),
+}
+
+/// The `stat` of a node of a flat layer's tree. The inode number is the node's index plus
+/// one (hard links share it); the device is 0.
+fn toc_stat(t: &TocTree, n: usize) -> Stat {
+    let node = &t.nodes[n];
+    // SAFETY: `Stat` is a plain C struct of integers, for which all-zero bytes are a valid
+    // value.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    st.st_mode = (node.kind.as_raw_mode() | node.mode) as _;
+    st.st_uid = node.uid as _;
+    st.st_gid = node.gid as _;
+    st.st_size = node.size as _;
+    st.st_mtime = node.mtime as _;
+    st.st_mtime_nsec = node.mtime_nsec as _;
+    st.st_nlink = node.nlink as _;
+    st.st_ino = (node.ino as u64 + 1) as _;
+    st.st_rdev = rustix::fs::makedev(node.rdev_major, node.rdev_minor) as _;
+    st
+}
+
+impl LDir {
+    /// `lstat` of `name` in this directory; `None` if it does not exist.
+    fn lstat(&self, name: &[u8]) -> io::Result<Option<Stat>> {
+        match self {
+            LDir::Disk(d) => lstat_at(d, name),
+            LDir::Toc(t, n) => Ok(t.child(*n, name).map(|c| toc_stat(t, c))),
+        }
+    }
+
+    /// `fstat` of the directory itself.
+    fn fstat(&self) -> io::Result<Stat> {
+        match self {
+            LDir::Disk(d) => Ok(rustix::fs::fstat(&**d)?),
+            LDir::Toc(t, n) => Ok(toc_stat(t, *n)),
+        }
+    }
+
+    fn is_opaque(&self) -> io::Result<bool> {
+        match self {
+            LDir::Disk(d) => is_opaque(d),
+            LDir::Toc(t, n) => Ok(t.child(*n, OPAQUE_FILE.as_bytes()).is_some()),
+        }
+    }
+
+    /// The subdirectory `name` (never through a symlink).
+    fn open_dir(&self, name: &[u8]) -> io::Result<LDir> {
+        match self {
+            LDir::Disk(d) => Ok(LDir::Disk(Arc::new(fsutil::open_dir_nofollow(
+                &**d,
+                Path::new(os(name)),
+            )?))),
+            LDir::Toc(t, n) => match t.child(*n, name) {
+                Some(c) if t.nodes[c].kind == FileType::Directory => {
+                    Ok(LDir::Toc(Arc::clone(t), c))
+                }
+                Some(_) => Err(errno(libc::ENOTDIR)),
+                None => Err(errno(libc::ENOENT)),
+            },
+        }
+    }
+
+    fn read_link(&self, name: &[u8]) -> io::Result<OsString> {
+        match self {
+            LDir::Disk(d) => read_link_at(d, name),
+            LDir::Toc(t, n) => match t.child(*n, name) {
+                Some(c) if t.nodes[c].kind == FileType::Symlink => {
+                    Ok(OsString::from_vec(t.nodes[c].target.clone()))
+                }
+                Some(_) => Err(errno(libc::EINVAL)),
+                None => Err(errno(libc::ENOENT)),
+            },
+        }
+    }
+
+    /// Opens the regular file `name` for reading.
+    fn open_file(&self, name: &[u8]) -> io::Result<File> {
+        match self {
+            LDir::Disk(d) => Ok(fsutil::open_regular(&**d, Path::new(os(name)), Follow::No)?.0),
+            LDir::Toc(t, n) => match t.child(*n, name) {
+                Some(c) if t.nodes[c].kind == FileType::RegularFile => t.open(c),
+                Some(c) if t.nodes[c].kind == FileType::Directory => Err(errno(libc::EISDIR)),
+                Some(_) => Err(errno(libc::ELOOP)),
+                None => Err(errno(libc::ENOENT)),
+            },
+        }
+    }
+
+    /// The directory's own handle, for xattrs (disk only).
+    fn disk(&self) -> Option<&Dir> {
+        match self {
+            LDir::Disk(d) => Some(d),
+            LDir::Toc(..) => None,
+        }
+    }
+}
 
 /// A name in a merged directory: where it is, before opening anything.
 struct Child {
@@ -378,8 +486,67 @@ fn list_merged(
     // name → (child, closed); a `None` child is a deleted name.
     let mut map: BTreeMap<Vec<u8>, (Option<Child>, bool)> = BTreeMap::new();
     let mut whiteouts: Vec<Vec<u8>> = Vec::new();
-    for (pos, (_, dir)) in merged.iter().enumerate() {
+    let add = |map: &mut BTreeMap<Vec<u8>, (Option<Child>, bool)>,
+               name: &[u8],
+               kind: FileKind,
+               whiteout: bool,
+               pos: usize| {
+        match map.get_mut(name) {
+            None => {
+                let child = (!whiteout).then(|| Child {
+                    name: name.to_vec(),
+                    kind,
+                    top: pos,
+                    dirs: if kind == FileKind::Directory {
+                        vec![pos]
+                    } else {
+                        Vec::new()
+                    },
+                });
+                let closed = whiteout || kind != FileKind::Directory;
+                map.insert(name.to_vec(), (child, closed));
+            }
+            Some((child, closed)) => {
+                if !*closed {
+                    if kind == FileKind::Directory && !whiteout {
+                        if let Some(c) = child {
+                            c.dirs.push(pos);
+                        }
+                    } else {
+                        *closed = true;
+                    }
+                }
+            }
+        }
+    };
+    for (pos, (_, ldir)) in merged.iter().enumerate() {
         whiteouts.clear();
+        let dir = match ldir {
+            LDir::Disk(d) => d,
+            LDir::Toc(t, n) => {
+                for (name, &c) in &t.nodes[*n].children {
+                    if is_whiteout_name(name) {
+                        if !name.starts_with(b".wh..wh.") && name.len() > WHITEOUT_PREFIX.len() {
+                            whiteouts.push(name[WHITEOUT_PREFIX.len()..].to_vec());
+                        }
+                        continue;
+                    }
+                    let Some(kind) = FileKind::from_file_type(t.nodes[c].kind) else {
+                        continue;
+                    };
+                    add(&mut map, name, kind, false, pos);
+                }
+                for w in &whiteouts {
+                    match map.get_mut(w.as_slice()) {
+                        None => {
+                            map.insert(w.clone(), (None, true));
+                        }
+                        Some((_, closed)) => *closed = true,
+                    }
+                }
+                continue;
+            }
+        };
         let own;
         let fd = if fresh {
             dir.as_fd()
@@ -418,33 +585,7 @@ fn list_merged(
             let Some(kind) = FileKind::from_file_type(ft) else {
                 continue;
             };
-            match map.get_mut(name) {
-                None => {
-                    let child = (!whiteout).then(|| Child {
-                        name: name.to_vec(),
-                        kind,
-                        top: pos,
-                        dirs: if kind == FileKind::Directory {
-                            vec![pos]
-                        } else {
-                            Vec::new()
-                        },
-                    });
-                    let closed = whiteout || kind != FileKind::Directory;
-                    map.insert(name.to_vec(), (child, closed));
-                }
-                Some((child, closed)) => {
-                    if !*closed {
-                        if kind == FileKind::Directory && !whiteout {
-                            if let Some(c) = child {
-                                c.dirs.push(pos);
-                            }
-                        } else {
-                            *closed = true;
-                        }
-                    }
-                }
-            }
+            add(&mut map, name, kind, whiteout, pos);
         }
         for w in &whiteouts {
             match map.get_mut(w.as_slice()) {
@@ -466,7 +607,7 @@ fn lookup(merged: &Merged, name: &[u8]) -> io::Result<Option<(Child, Stat)>> {
     let mut found: Option<(Child, Stat)> = None;
     let wh_name = [WHITEOUT_PREFIX, name].concat();
     for (pos, (_, dir)) in merged.iter().enumerate() {
-        if let Some(st) = lstat_at(dir, name)? {
+        if let Some(st) = dir.lstat(name)? {
             let kind = FileKind::from_file_type(FileType::from_raw_mode(st.st_mode));
             match &mut found {
                 None => {
@@ -497,7 +638,7 @@ fn lookup(merged: &Merged, name: &[u8]) -> io::Result<Option<(Child, Stat)>> {
                 }
             }
         }
-        if pos + 1 < merged.len() && lstat_at(dir, &wh_name)?.is_some() {
+        if pos + 1 < merged.len() && dir.lstat(&wh_name)?.is_some() {
             break;
         }
     }
@@ -510,10 +651,10 @@ fn open_child_dirs(parent: &Merged, child: &Child) -> io::Result<Merged> {
     let mut out = Vec::with_capacity(child.dirs.len());
     for (i, &pos) in child.dirs.iter().enumerate() {
         let (layer, dir) = &parent[pos];
-        let sub = fsutil::open_dir_nofollow(&**dir, Path::new(os(&child.name)))?;
+        let sub = dir.open_dir(&child.name)?;
         let more = i + 1 < child.dirs.len();
-        let opaque = more && is_opaque(&sub)?;
-        out.push((*layer, Arc::new(sub)));
+        let opaque = more && sub.is_opaque()?;
+        out.push((*layer, sub));
         if opaque {
             break;
         }
@@ -542,10 +683,18 @@ impl RootFs {
             layer_ids.push(l.id().to_string());
         }
         for (i, l) in layers.iter().enumerate().rev() {
-            let (dir, path) = l.diff_dir_with_path()?;
+            let (dir, path) = if l.is_flat()? {
+                // composefs: names and metadata from the table of contents.
+                let t = Arc::new(TocTree::load(l)?);
+                let path = l.diff_dir_with_path()?.1;
+                (LDir::Toc(t, 0), path)
+            } else {
+                let (d, path) = l.diff_dir_with_path()?;
+                (LDir::Disk(Arc::new(d)), path)
+            };
             let more = i > 0;
-            let opaque = more && is_opaque(&dir).map_err(|e| StorageError::io(&path, e))?;
-            root.push((i, Arc::new(dir)));
+            let opaque = more && dir.is_opaque().map_err(|e| StorageError::io(&path, e))?;
+            root.push((i, dir));
             if opaque {
                 break;
             }
@@ -611,7 +760,7 @@ impl RootFs {
                     if hops > MAX_SYMLINKS {
                         return Err(errno(libc::ELOOP));
                     }
-                    let target = read_link_at(&cur[child.top].1, &c)?;
+                    let target = cur[child.top].1.read_link(&c)?;
                     let target = target.as_bytes();
                     if target.is_empty() {
                         return Err(errno(libc::ENOENT));
@@ -658,8 +807,8 @@ impl RootFs {
                 let Some((layer, dir)) = merged.first() else {
                     return Err(errno(libc::ENOENT));
                 };
-                let st = rustix::fs::fstat(&**dir)?;
-                self.metadata_from(*layer, &st, None, Some(&**dir))
+                let st = dir.fstat()?;
+                self.metadata_from(*layer, &st, None, dir.disk())
             }
             Resolved::Other {
                 parent,
@@ -678,15 +827,18 @@ impl RootFs {
     fn entry_metadata(
         &self,
         layer: usize,
-        dir: &Dir,
+        ldir: &LDir,
         name: &[u8],
         st: &Stat,
     ) -> io::Result<Metadata> {
         let ft = FileType::from_raw_mode(st.st_mode);
         let target = if ft == FileType::Symlink {
-            Some(read_link_at(dir, name)?)
+            Some(ldir.read_link(name)?)
         } else {
             None
+        };
+        let Some(dir) = ldir.disk() else {
+            return self.metadata_from(layer, st, target, None::<&File>);
         };
         if self.force_mask && ft == FileType::RegularFile {
             // Only regular files (and directories) can carry user.* xattrs.
@@ -788,11 +940,11 @@ impl RootFs {
                 name,
                 st,
                 ..
-            } if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                read_link_at(&parent[top].1, &name)
-                    .map(PathBuf::from)
-                    .map_err(|e| self.err(p, e))
-            }
+            } if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => parent[top]
+                .1
+                .read_link(&name)
+                .map(PathBuf::from)
+                .map_err(|e| self.err(p, e)),
             _ => Err(self.err(p, errno(libc::EINVAL))),
         }
     }
@@ -811,7 +963,7 @@ impl RootFs {
             let (layer, dir) = &merged[c.top];
             let mut kind = c.kind;
             if self.force_mask && kind == FileKind::Regular {
-                let Some(st) = lstat_at(dir, &c.name).map_err(|e| self.err(p, e))? else {
+                let Some(st) = dir.lstat(&c.name).map_err(|e| self.err(p, e))? else {
                     continue;
                 };
                 kind = self
@@ -838,9 +990,7 @@ impl RootFs {
             Resolved::Other {
                 parent, top, name, ..
             } => {
-                let (f, _) =
-                    fsutil::open_regular(&*parent[top].1, Path::new(os(&name)), Follow::No)
-                        .map_err(|e| self.err(p, e))?;
+                let f = parent[top].1.open_file(&name).map_err(|e| self.err(p, e))?;
                 Ok(f)
             }
         }
@@ -935,12 +1085,12 @@ struct Step {
     layer: usize,
     kind: FileKind,
     /// The layer directory holding it, and its name there.
-    dir: Arc<Dir>,
+    dir: LDir,
     name: Vec<u8>,
     /// Its `lstat`, if asked for.
     st: Option<Stat>,
     /// For a directory: its top-most layer directory.
-    top_dir: Option<Arc<Dir>>,
+    top_dir: Option<LDir>,
 }
 
 impl<'a> Tree<'a> {
@@ -979,18 +1129,18 @@ impl<'a> Tree<'a> {
             };
             let path = join(&frame.path, &child.name);
             let (layer, dir) = &frame.merged[child.top];
-            let (layer, dir) = (*layer, Arc::clone(dir));
+            let (layer, dir) = (*layer, dir.clone());
             if child.kind == FileKind::Directory {
                 let merged = match open_child_dirs(&frame.merged, &child) {
                     Ok(m) => m,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                     Err(e) => return Some(Err(self.fs.err(&path, e))),
                 };
-                let top_dir = merged.first().map(|m| Arc::clone(&m.1));
+                let top_dir = merged.first().map(|m| m.1.clone());
                 let st = match (&top_dir, stat) {
-                    (Some(d), true) => match rustix::fs::fstat(&**d) {
+                    (Some(d), true) => match d.fstat() {
                         Ok(st) => Some(st),
-                        Err(e) => return Some(Err(self.fs.err(&path, e.into()))),
+                        Err(e) => return Some(Err(self.fs.err(&path, e))),
                     },
                     _ => None,
                 };
@@ -1015,7 +1165,7 @@ impl<'a> Tree<'a> {
                 }));
             }
             let st = if stat {
-                match lstat_at(&dir, &child.name) {
+                match dir.lstat(&child.name) {
                     Ok(Some(st)) => Some(st),
                     Ok(None) => continue, // removed meanwhile
                     Err(e) => return Some(Err(self.fs.err(&path, e))),
@@ -1069,7 +1219,7 @@ impl Iterator for Walk<'_> {
             return Some(Err(fs.err(&step.path, errno(libc::EIO))));
         };
         let md = match &step.top_dir {
-            Some(d) => fs.metadata_from(step.layer, st, None, Some(&**d)),
+            Some(d) => fs.metadata_from(step.layer, st, None, d.disk()),
             None => fs.entry_metadata(step.layer, &step.dir, &step.name, st),
         };
         Some(match md {
@@ -1125,7 +1275,9 @@ impl Iterator for WalkNames<'_> {
         let mut kind = step.kind;
         if fs.force_mask && kind == FileKind::Regular {
             // The stored type may stand in for another one (override_stat).
-            let md = lstat_at(&step.dir, &step.name)
+            let md = step
+                .dir
+                .lstat(&step.name)
                 .and_then(|st| st.ok_or_else(|| errno(libc::ENOENT)))
                 .and_then(|st| fs.entry_metadata(step.layer, &step.dir, &step.name, &st));
             match md {

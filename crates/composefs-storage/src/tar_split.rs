@@ -567,12 +567,8 @@ impl TarSplitFdStream {
     /// `Layer::has_tar_split`).
     pub fn new(layer: &Layer) -> Result<TarSplitFdStream> {
         let (locks, file) = open_locked(layer)?;
-        let file = file.ok_or_else(|| {
-            StorageError::layer(
-                layer.id(),
-                "has no tar-split metadata (its tar cannot be rebuilt exactly)",
-            )
-        })?;
+        let file =
+            file.ok_or_else(|| StorageError::layer(layer.id(), layer.no_tar_split_reason()))?;
         Ok(TarSplitFdStream {
             reader: TarSplitReader::new(gz_reader(file), layer.id()),
             getter: FileGetter::new(layer)?,
@@ -643,7 +639,7 @@ impl LayerEntries {
     pub(crate) fn new(layer: &Layer) -> Result<LayerEntries> {
         let (locks, file) = open_locked(layer)?;
         let file =
-            file.ok_or_else(|| StorageError::layer(layer.id(), "has no tar-split metadata"))?;
+            file.ok_or_else(|| StorageError::layer(layer.id(), layer.no_tar_split_reason()))?;
         Ok(LayerEntries {
             reader: TarSplitReader::new(gz_reader(file), layer.id()),
             headers: HeaderStream::new(),

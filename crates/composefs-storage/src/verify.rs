@@ -154,11 +154,7 @@ pub fn verify_layers(
 
 fn verify_layer(l: &Layer) -> Result<String, String> {
     match l.has_tar_split() {
-        Ok(false) => {
-            return Err(
-                "no tar-split: the layer's original tar cannot be rebuilt or verified".into(),
-            );
-        }
+        Ok(false) => return Err(l.no_tar_split_reason()),
         Err(e) => return Err(e.to_string()),
         Ok(true) => {}
     }

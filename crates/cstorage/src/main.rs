@@ -62,8 +62,9 @@ enum Command {
         /// Print only image IDs.
         #[arg(short, long)]
         quiet: bool,
-        /// Also list intermediate images (no name, and another image builds on their top
-        /// layer), which are hidden by default as `podman images` hides them.
+        /// Also list intermediate images (no name, and a child image: built on their top
+        /// layer with their DiffIDs and one more history entry), which are hidden by default
+        /// as `podman images` hides them.
         #[arg(short, long)]
         all: bool,
     },
@@ -290,8 +291,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images { quiet, all } => {
             let mut images = storage.list_images()?;
             if !*all {
-                let users = storage.layer_users()?;
-                images.retain(|i| !is_intermediate(i, &users));
+                let hidden = storage.intermediate_image_ids()?;
+                images.retain(|i| !hidden.contains(i.id()));
             }
             if *quiet {
                 for i in &images {
@@ -497,23 +498,6 @@ fn run(cli: Cli) -> Result<()> {
     // The records are about to be freed by the exit; skip the work.
     std::mem::forget(storage);
     Ok(())
-}
-
-/// An image without names whose top layer another image (with another top layer) builds on:
-/// what `podman images` hides unless `--all` is given.
-fn is_intermediate(
-    i: &composefs_storage::Image,
-    users: &std::collections::BTreeMap<String, Vec<String>>,
-) -> bool {
-    if !i.names().is_empty() {
-        return false;
-    }
-    let Some(top) = i.top_layer_id() else {
-        return false;
-    };
-    users
-        .get(top)
-        .is_some_and(|u| u.iter().any(|other| other != i.id()))
 }
 
 /// A layer named directly, or by its index in an image.

@@ -91,15 +91,25 @@ pub struct LayerDetail {
     pub summary: LayerSummary,
     pub link_id: Option<String>,
     pub has_tar_split: bool,
+    /// True if `layer export` rebuilds the original tar bit for bit.
+    pub reproducible: bool,
+    /// Why not, when it is not.
+    pub not_reproducible_reason: Option<String>,
+    /// True for layers stored flat (composefs): contents by digest, names from the TOC.
+    pub flat: bool,
     pub record: serde_json::Value,
 }
 
 impl LayerDetail {
     pub fn new(l: &Layer) -> anyhow::Result<Self> {
+        let reason = l.not_reproducible_reason()?;
         Ok(LayerDetail {
             summary: LayerSummary::new(l, l.image_ids()),
             link_id: l.link_id()?,
             has_tar_split: l.has_tar_split()?,
+            reproducible: reason.is_none(),
+            not_reproducible_reason: reason,
+            flat: l.is_flat()?,
             record: serde_json::to_value(l.metadata())?,
         })
     }

@@ -1,0 +1,207 @@
+//! Which images podman calls *intermediate* (hidden by `podman images` without `-a`).
+//!
+//! The rule is containers/common's `libimage` (read for the facts, not copied): an image is
+//! intermediate when it has no names and at least one *child* image. A child of image P is
+//! another image C
+//!
+//! * whose top layer is P's top layer, or a layer whose parent is P's top layer (images
+//!   without layers are compared with the other images without layers, and a manifest list
+//!   has no children);
+//! * whose config starts with all of P's DiffIDs, in order;
+//! * whose config history has exactly one entry more than P's, the first ones equal to P's
+//!   (`created` as a time, `created_by`, `author`, `comment`, `empty_layer`).
+//!
+//! An image whose config cannot be read has no parent or child relation (libimage skips
+//! images it cannot read).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::image::Image;
+use crate::storage::Storage;
+
+/// What of an image config the rule compares.
+struct Lineage {
+    diff_ids: Vec<String>,
+    history: Vec<Value>,
+}
+
+fn lineage(image: &Image) -> Option<Lineage> {
+    let cfg: Value = serde_json::from_slice(&image.config_bytes().ok()?).ok()?;
+    let diff_ids = cfg
+        .get("rootfs")
+        .and_then(|r| r.get("diff_ids"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|d| d.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let history = cfg
+        .get("history")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Some(Lineage { diff_ids, history })
+}
+
+/// Two history entries are the same if their times are the same instant and their other
+/// fields are equal (a missing field counts as its zero value, as in Go).
+fn same_entry(a: &Value, b: &Value) -> bool {
+    let created = |v: &Value| v.get("created").and_then(Value::as_str).map(str::to_string);
+    let time = |s: &Option<String>| s.as_deref().map(crate::records::parse_rfc3339);
+    let (ca, cb) = (created(a), created(b));
+    if ca.is_some() != cb.is_some() {
+        return false;
+    }
+    if ca != cb && (time(&ca).flatten().is_none() || time(&ca) != time(&cb)) {
+        return false;
+    }
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let empty = |v: &Value| {
+        v.get("empty_layer")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    ["created_by", "author", "comment"]
+        .iter()
+        .all(|k| text(a, k) == text(b, k))
+        && empty(a) == empty(b)
+}
+
+fn parent_and_child(parent: &Lineage, child: &Lineage) -> bool {
+    child.diff_ids.starts_with(&parent.diff_ids)
+        && parent.history.len() + 1 == child.history.len()
+        && parent
+            .history
+            .iter()
+            .zip(&child.history)
+            .all(|(a, b)| same_entry(a, b))
+}
+
+/// A manifest-list image (`podman manifest create`): its manifest is a list.
+fn is_list(image: &Image) -> bool {
+    image.manifest().is_ok_and(|m| m.kind().is_list())
+}
+
+impl Storage {
+    /// The IDs of the images podman calls intermediate: no names, and a child image built
+    /// on them (see the module documentation for the exact rule). `podman images` hides
+    /// them unless `-a` is given.
+    pub fn intermediate_image_ids(&self) -> Result<BTreeSet<String>> {
+        let images = self.list_images()?;
+        let parents: HashMap<String, Option<String>> = self
+            .list_layers()?
+            .iter()
+            .map(|l| (l.id().to_string(), l.parent_id().map(str::to_string)))
+            .collect();
+        // Images by top layer, and by the parent of their top layer.
+        let mut on_layer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut above_layer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut layerless = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            match img.top_layer_id() {
+                Some(top) => {
+                    on_layer.entry(top).or_default().push(i);
+                    if let Some(Some(p)) = parents.get(top) {
+                        above_layer.entry(p.as_str()).or_default().push(i);
+                    }
+                }
+                None => layerless.push(i),
+            }
+        }
+        let mut cache: HashMap<usize, Option<Lineage>> = HashMap::new();
+        let mut out = BTreeSet::new();
+        for (i, img) in images.iter().enumerate() {
+            if !img.names().is_empty() {
+                continue;
+            }
+            let candidates: Vec<usize> = match img.top_layer_id() {
+                Some(top) => above_layer
+                    .get(top)
+                    .into_iter()
+                    .chain(on_layer.get(top))
+                    .flatten()
+                    .copied()
+                    .collect(),
+                None if is_list(img) => continue,
+                None => layerless
+                    .iter()
+                    .copied()
+                    .filter(|&c| !is_list(&images[c]))
+                    .collect(),
+            };
+            let candidates: Vec<usize> = candidates.into_iter().filter(|&c| c != i).collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            cache.entry(i).or_insert_with(|| lineage(img));
+            let mut found = false;
+            for c in candidates {
+                cache.entry(c).or_insert_with(|| lineage(&images[c]));
+                if let (Some(Some(p)), Some(Some(ch))) = (cache.get(&i), cache.get(&c)) {
+                    if parent_and_child(p, ch) {
+                        found = true;
+                        break;
+                    }
+                }
+            }
+            if found {
+                out.insert(img.id().to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lin(ids: &[&str], hist: Value) -> Lineage {
+        Lineage {
+            diff_ids: ids.iter().map(|s| s.to_string()).collect(),
+            history: hist.as_array().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn history_rule() {
+        let p = lin(
+            &["a"],
+            serde_json::json!([{"created":"2024-01-01T00:00:00Z","created_by":"x"}]),
+        );
+        let c = lin(
+            &["a", "b"],
+            serde_json::json!([
+                {"created":"2024-01-01T00:00:00.000Z","created_by":"x"},
+                {"created_by":"y"}
+            ]),
+        );
+        assert!(parent_and_child(&p, &c));
+        assert!(!parent_and_child(&c, &p));
+        // Same layers, but two more history entries: not a direct child.
+        let g = lin(
+            &["a", "b"],
+            serde_json::json!([
+                {"created":"2024-01-01T00:00:00Z","created_by":"x"},
+                {"created_by":"y"},
+                {"created_by":"z","empty_layer":true}
+            ]),
+        );
+        assert!(!parent_and_child(&p, &g));
+        assert!(parent_and_child(&c, &g));
+        // A different first entry.
+        let o = lin(
+            &["a", "b"],
+            serde_json::json!([{"created_by":"other"}, {"created_by":"y"}]),
+        );
+        assert!(!parent_and_child(&p, &o));
+        // Another base layer.
+        let d = lin(&["q", "b"], c.history.clone().into());
+        assert!(!parent_and_child(&p, &d));
+    }
+}
