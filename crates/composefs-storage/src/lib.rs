@@ -53,7 +53,7 @@
 //! - [`image`] / [`layer`]: [`Image`] and [`Layer`] are cheap handles on a snapshot record;
 //!   reading their files (big data, `diff/`, `lower`) takes the store's shared lock again.
 //! - [`manifest`]: stored manifests as raw bytes plus their kind and parsed forms.
-//! - [`reference`]: image reference parsing and docker.io normalization.
+//! - [`mod@reference`]: image reference parsing and docker.io normalization.
 //! - [`rootfs`]: [`RootFs`], an image's merged root filesystem (whiteouts, opaque
 //!   directories, symlinks resolved inside the image) read from its layers without mounting.
 //! - [`userns`]: whether this process can read every file of a rootless store.

@@ -326,7 +326,7 @@ pub struct ReadGuard {
     _locks: Vec<SharedLock>,
 }
 
-/// Counts for [`Storage::info`]-style summaries.
+/// What [`Storage::counts`] returns: the numbers `cstorage info` prints.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct StoreCounts {
