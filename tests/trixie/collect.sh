@@ -1,6 +1,6 @@
 #!/bin/bash
 # collect.sh STORE... - dump what a reader needs to know about each store into
-# /work/notes/trixie/reports/<store>.txt (runs containers-storage inside the chroot)
+# tests/trixie/reports/<store>.txt (runs containers-storage inside the chroot)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ENV=$HERE/trixie-env.sh
