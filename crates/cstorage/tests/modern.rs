@@ -188,10 +188,18 @@ impl Store {
 
     /// Like [`Store::go`], but the command must succeed; returns its stdout.
     fn go_ok(&self, args: &[&str]) -> Vec<u8> {
-        let o = self.go(args);
+        self.ok("trixie", args, self.go(args))
+    }
+
+    fn go_json(&self, args: &[&str]) -> Value {
+        self.json("trixie", args, self.go_ok(args))
+    }
+
+    /// The stdout of `o`, which must have succeeded (`what args` failed otherwise).
+    fn ok(&self, what: &str, args: &[&str], o: Output) -> Vec<u8> {
         assert!(
             o.status.success(),
-            "[{}] trixie {args:?} failed ({}): {}",
+            "[{}] {what} {args:?} failed ({}): {}",
             self.name,
             o.status,
             String::from_utf8_lossy(&o.stderr)
@@ -199,11 +207,11 @@ impl Store {
         o.stdout
     }
 
-    fn go_json(&self, args: &[&str]) -> Value {
-        let b = self.go_ok(args);
+    /// `b` parsed as JSON (the output of `what args`).
+    fn json(&self, what: &str, args: &[&str], b: Vec<u8>) -> Value {
         serde_json::from_slice(&b).unwrap_or_else(|e| {
             panic!(
-                "[{}] {args:?}: {e}: {}",
+                "[{}] {what} {args:?}: {e}: {}",
                 self.name,
                 String::from_utf8_lossy(&b)
             )
@@ -224,26 +232,11 @@ impl Store {
     }
 
     fn cst_ok(&self, args: &[&str]) -> Vec<u8> {
-        let o = self.cst(args);
-        assert!(
-            o.status.success(),
-            "[{}] cstorage {args:?} failed ({}): {}",
-            self.name,
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o.stdout
+        self.ok("cstorage", args, self.cst(args))
     }
 
     fn cst_json(&self, args: &[&str]) -> Value {
-        let b = self.cst_ok(args);
-        serde_json::from_slice(&b).unwrap_or_else(|e| {
-            panic!(
-                "[{}] cstorage {args:?}: {e}: {}",
-                self.name,
-                String::from_utf8_lossy(&b)
-            )
-        })
+        self.json("cstorage", args, self.cst_ok(args))
     }
 
     fn storage(&self) -> Storage {
