@@ -9,151 +9,39 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use testutil::{Blob, OciLayout, fixture_dir, python_tar, run, sha256_file, sha256_hex};
+use testutil::rootless::{RootlessStore, USER};
+use testutil::{run, sha256_file, sha256_hex};
 
-const USER: &str = "cstorage-rl";
-
+/// The rootless store and `cstorage` installed where the user can run it.
 struct Fixture {
-    dir: PathBuf,
-    home: PathBuf,
-    run: PathBuf,
+    store: RootlessStore,
     bin: PathBuf,
-    /// The DiffIDs of image `rl` (base first) and of image `many`.
-    rl_layers: Vec<String>,
-    many_layer: String,
 }
 
-/// Files of the `rl` image; (path, kind, mode, uid, content). Whiteouts and an opaque
-/// directory in the second layer.
-const LAYERS: &str = r#"
-import io, sys, tarfile
-def tar(entries):
-    b = io.BytesIO()
-    with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for name, kind, mode, uid, data in entries:
-            ti = tarfile.TarInfo(name); ti.mode = mode; ti.uid = uid; ti.gid = uid
-            ti.mtime = 1700000000
-            if kind == "d": ti.type = tarfile.DIRTYPE; t.addfile(ti)
-            elif kind == "l": ti.type = tarfile.SYMTYPE; ti.linkname = data.decode(); t.addfile(ti)
-            else: ti.size = len(data); t.addfile(ti, io.BytesIO(data))
-    return b.getvalue()
-layers = [
-  tar([("etc", "d", 0o755, 0, b""), ("etc/shadow", "f", 0o600, 0, b"root:*:19000::::::\n"),
-       ("etc/passwd", "f", 0o644, 0, b"root:x:0:0:root:/root:/bin/sh\n"),
-       ("home", "d", 0o755, 0, b""), ("home/u", "d", 0o700, 1000, b""),
-       ("home/u/secret", "f", 0o600, 1000, b"the user's secret\n"),
-       ("home/u/open", "f", 0o644, 1000, b"readable, in a closed directory\n"),
-       ("home/u/link", "l", 0o777, 1000, b"secret"),
-       ("srv", "d", 0o000, 0, b""), ("srv/x", "f", 0o644, 0, b"below a mode 000 directory\n"),
-       ("zero", "f", 0o000, 1000, b"mode 000 file\n"), ("pub", "f", 0o644, 1000, b"public\n"),
-       ("opt", "d", 0o755, 0, b""), ("opt/locked", "d", 0o700, 2000, b""),
-       ("opt/locked/old", "f", 0o600, 2000, b"hidden by the opaque directory above\n")]),
-  tar([("etc", "d", 0o755, 0, b""), ("etc/shadow", "f", 0o640, 42, b"changed in layer 2\n"),
-       ("var", "d", 0o700, 33, b""), ("var/www", "f", 0o600, 33, b"www data\n"),
-       ("home", "d", 0o755, 0, b""), ("home/u", "d", 0o700, 1000, b""),
-       ("home/u/.wh.open", "f", 0o600, 1000, b""),
-       ("opt", "d", 0o755, 0, b""), ("opt/locked", "d", 0o700, 2000, b""),
-       ("opt/locked/.wh..wh..opq", "f", 0o600, 2000, b""),
-       ("opt/locked/new", "f", 0o600, 2000, b"new in layer 2\n")]),
-]
-# One layer for the killed-helper test: a protected file first (starts the helper), then
-# 2 MiB that fill the output pipe, then many more protected files.
-many = [("a", "d", 0o755, 0, b""), ("a/first", "f", 0o600, 1000, b"first\n"),
-        ("b", "d", 0o755, 0, b""), ("b/big", "f", 0o644, 0, bytes(range(256)) * 8192),
-        ("c", "d", 0o755, 0, b"")]
-many += [("c/s%03d" % i, "f", 0o600, 1000 + i, b"secret %d\n" % i) for i in range(200)]
-layers.append(tar(many))
-for l in layers:
-    sys.stdout.buffer.write(len(l).to_bytes(8, "little") + l)
-"#;
+impl std::ops::Deref for Fixture {
+    type Target = RootlessStore;
+    fn deref(&self) -> &RootlessStore {
+        &self.store
+    }
+}
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let uid = testutil::stdout_of(Command::new("id").arg("-u"));
-        assert_eq!(
-            uid.trim(),
-            "0",
-            "the rootless tests run as root and switch to {USER}"
-        );
-        let ok = Command::new("id").arg(USER).output().unwrap();
-        assert!(
-            ok.status.success(),
-            "user {USER} is missing: run scripts/install-deps.sh (as root) first"
-        );
-        let dir = fixture_dir(&std::env::temp_dir(), "cst-rl");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let home = dir.join("home");
-        let run_dir = dir.join("run");
-        for d in [&home, &run_dir] {
-            std::fs::create_dir(d).unwrap();
-            testutil::run(Command::new("chown").arg(format!("{USER}:{USER}")).arg(d));
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
-        }
-        // The user may not be able to reach the build tree: run a copy.
-        let bin = dir.join("cstorage");
-        std::fs::copy(env!("CARGO_BIN_EXE_cstorage"), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-
-        let raw = python_tar(LAYERS);
-        let mut tars = Vec::new();
-        let mut rest = &raw[..];
-        while !rest.is_empty() {
-            let n = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
-            tars.push(rest[8..8 + n].to_vec());
-            rest = &rest[8 + n..];
-        }
-        assert_eq!(tars.len(), 3);
-        let mut oci = OciLayout::create(&dir.join("oci"));
-        let rl = oci.add_image("rl", &tars[..2], Blob::Gzip, testutil::go_arch());
-        let many = oci.add_image("many", &tars[2..], Blob::Plain, testutil::go_arch());
-        testutil::run(Command::new("chmod").args(["-R", "a+rX"]).arg(&oci.dir));
-        let f = Fixture {
-            dir,
-            home,
-            run: run_dir,
-            bin,
-            rl_layers: rl.diff_ids,
-            many_layer: many.diff_ids[0].clone(),
-        };
-        for tag in ["rl", "many"] {
-            let src = oci.source(tag);
-            run(f
-                .as_user("skopeo")
-                .args(["copy", "--quiet", &src])
-                .arg(format!("containers-storage:localhost/{tag}:latest")));
-        }
-        f
+        let store = RootlessStore::new("cst-rl");
+        let bin = store.install(Path::new(env!("CARGO_BIN_EXE_cstorage")), "cstorage");
+        Fixture { store, bin }
     })
 }
 
 impl Fixture {
-    /// `prog` run as the test user with a fresh login-like environment: no storage.conf, no
-    /// CONTAINERS_* variables, only HOME, XDG_RUNTIME_DIR and PATH.
-    fn as_user(&self, prog: &str) -> Command {
-        let mut c = Command::new("runuser");
-        c.args(["-u", USER, "--", "env", "-i"])
-            .arg(format!("HOME={}", self.home.display()))
-            .arg(format!("XDG_RUNTIME_DIR={}", self.run.display()))
-            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .arg("LANG=C.UTF-8")
-            .arg(prog)
-            .current_dir(&self.dir);
-        c
-    }
-
     fn cstorage(&self) -> Command {
         self.as_user(self.bin.to_str().unwrap())
-    }
-
-    fn graphroot(&self) -> PathBuf {
-        self.home.join(".local/share/containers/storage")
     }
 
     fn layers(&self) -> Vec<Value> {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod fixtures;
+pub mod rootless;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
