@@ -808,7 +808,7 @@ impl RootFs {
                     return Err(errno(libc::ENOENT));
                 };
                 let st = dir.fstat()?;
-                self.metadata_from(*layer, &st, None, dir.disk())
+                self.metadata_from(*layer, &st, None, dir.disk().is_some(), dir.disk())
             }
             Resolved::Other {
                 parent,
@@ -838,7 +838,7 @@ impl RootFs {
             None
         };
         let Some(dir) = ldir.disk() else {
-            return self.metadata_from(layer, st, target, None::<&File>);
+            return self.metadata_from(layer, st, target, false, None::<&File>);
         };
         if self.force_mask && ft == FileType::RegularFile {
             // Only regular files (and directories) can carry user.* xattrs.
@@ -847,19 +847,22 @@ impl RootFs {
                 Path::new(os(name)),
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
             ) {
-                Ok(fd) => return self.metadata_from(layer, st, target, Some(&fd)),
+                Ok(fd) => return self.metadata_from(layer, st, target, true, Some(&fd)),
                 Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.metadata_from(layer, st, target, None::<&File>)
+        self.metadata_from(layer, st, target, true, None::<&File>)
     }
 
+    /// `on_disk`: `st` is the `stat` of a file in a `diff/` directory (whose owners are host
+    /// IDs), not metadata from a table of contents (whose owners are the image's already).
     fn metadata_from(
         &self,
         layer: usize,
         st: &Stat,
         target: Option<OsString>,
+        on_disk: bool,
         fd: Option<impl AsFd>,
     ) -> io::Result<Metadata> {
         let ft = FileType::from_raw_mode(st.st_mode);
@@ -890,7 +893,7 @@ impl RootFs {
             symlink_target: target.map(PathBuf::from),
             layer,
         };
-        if let Some((uids, gids)) = self.id_maps {
+        if let Some((uids, gids)) = self.id_maps.filter(|_| on_disk) {
             md.uid = uids.to_inside(md.uid);
             md.gid = gids.to_inside(md.gid);
         }
@@ -1219,7 +1222,7 @@ impl Iterator for Walk<'_> {
             return Some(Err(fs.err(&step.path, errno(libc::EIO))));
         };
         let md = match &step.top_dir {
-            Some(d) => fs.metadata_from(step.layer, st, None, d.disk()),
+            Some(d) => fs.metadata_from(step.layer, st, None, d.disk().is_some(), d.disk()),
             None => fs.entry_metadata(step.layer, &step.dir, &step.name, st),
         };
         Some(match md {
