@@ -543,6 +543,41 @@ fn tar_tree(out: &mut impl Write, root: &Path, rel: &Path) -> std::io::Result<()
     Ok(())
 }
 
+/// Appends the uncompressed blob of `layer` to the archive `w` as the member `name`: its tar,
+/// rebuilt with the digest verified (a mismatch fails the export, and the caller removes the
+/// unfinished archive).
+fn stream_layer(
+    w: &mut BufWriter<File>,
+    name: &str,
+    layer: &Layer,
+    progress: Option<&ImageProgress>,
+    archive: &Path,
+) -> Result<()> {
+    let size = layer.diff_size().unwrap_or(0);
+    let mut h = TarHeader::new(name.as_bytes().to_vec(), EntryType::Regular);
+    h.mode = 0o644;
+    h.size = size;
+    w.write_all(&h.to_bytes())
+        .and_then(|_| w.flush())
+        .map_err(|e| StorageError::io(archive, e))?;
+    let mut opts = ExportOptions::new(Verify::Digest);
+    if let Some(p) = progress {
+        let p = p.clone();
+        let id = layer.id().to_string();
+        opts = opts.with_progress(Arc::new(move |n| p(&id, n, Some(size))));
+    }
+    // Straight into the file (copy_file_range where it can), after what the buffer held.
+    let rep = layer.export_to_fd(w.get_ref().as_fd(), archive, &opts)?;
+    if rep.bytes != size {
+        return Err(StorageError::layer(
+            layer.id(),
+            format!("rebuilt {} bytes, but its diff-size is {size}", rep.bytes),
+        ));
+    }
+    w.write_all(&[0u8; BLOCK][..padding(size) as usize])
+        .map_err(|e| StorageError::io(archive, e))
+}
+
 /// Writes a docker-archive tree into `root` (layers already in `root` as `<hex>.tar`).
 fn write_docker_tree(
     root: &Path,
@@ -705,14 +740,52 @@ pub fn export_images(
                 }
             }
             let _wg = DirGuard(work.clone());
+            // Uncompressed layers of known size go straight into the archive (their blob is
+            // the layer tar: digest = DiffID, size = diff-size, both known before writing),
+            // not through a temporary file; the others are written to the work tree first.
+            let (streamed, spooled): (Vec<Layer>, Vec<Layer>) =
+                layers.iter().cloned().partition(|l| {
+                    opts.compression == LayerCompression::None
+                        && l.diff_id().is_some()
+                        && l.diff_size().is_some()
+                });
+            let blob_dir = if opts.format == ArchiveFormat::OciArchive {
+                work.join("blobs/sha256")
+            } else {
+                work.clone()
+            };
+            std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
+            let mut blobs = export_layers(&blob_dir, &spooled, opts, &mut report)?;
+            // (archive path, layer) of each streamed blob, once per digest.
+            let mut pending: Vec<(String, Layer)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for l in &streamed {
+                let (Some(digest), Some(size)) = (l.diff_id(), l.diff_size()) else {
+                    continue;
+                };
+                let name = if opts.format == ArchiveFormat::OciArchive {
+                    format!("blobs/sha256/{}", hex(&digest))
+                } else {
+                    format!("{}.tar", hex(&digest))
+                };
+                if seen.insert(name.clone()) {
+                    pending.push((name, l.clone()));
+                    report.blobs_written += 1;
+                    report.bytes += size;
+                }
+                blobs.insert(
+                    l.id().to_string(),
+                    BlobInfo {
+                        digest,
+                        size,
+                        media_type: MEDIA_TYPE_OCI_LAYER.into(),
+                    },
+                );
+            }
             if opts.format == ArchiveFormat::OciArchive {
-                let blob_dir = work.join("blobs/sha256");
-                std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
-                let blobs = export_layers(&blob_dir, &layers, opts, &mut report)?;
                 write_oci_layout(&work, &prepared, &blobs, &mut report)?;
             } else {
-                let blobs = export_layers(&work, &layers, opts, &mut report)?;
-                // Layers are stored as <digest>.tar.
+                // Spooled layers are stored as <digest>.tar.
                 for b in blobs.values() {
                     let from = work.join(hex(&b.digest));
                     let to = work.join(format!("{}.tar", hex(&b.digest)));
@@ -726,8 +799,11 @@ pub fn export_images(
             let mut guard = TmpGuard(Some(tmp.clone()));
             let f = File::create(&tmp).map_err(|e| StorageError::io(path, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            tar_tree(&mut w, &work, Path::new(""))
-                .and_then(|_| w.write_all(&[0u8; 2 * BLOCK]))
+            tar_tree(&mut w, &work, Path::new("")).map_err(|e| StorageError::io(path, e))?;
+            for (name, l) in &pending {
+                stream_layer(&mut w, name, l, opts.progress.as_ref(), path)?;
+            }
+            w.write_all(&[0u8; 2 * BLOCK])
                 .and_then(|_| w.flush())
                 .map_err(|e| StorageError::io(path, e))?;
             drop(w);
