@@ -21,6 +21,9 @@ pub(super) const HELPER_ENV: &str = "_COMPOSEFS_STORAGE_USERNS_HELPER";
 /// Set by [`super::init`]: the program agreed to be re-executed as the helper.
 pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// How long to poll for a reply before sleeping (see [`proto::recv_spin`]).
+const SPIN: Duration = Duration::from_micros(200);
+
 /// How long a reply may take before the helper is declared stuck.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -247,7 +250,7 @@ impl Client {
         if self.buf.len() < proto::MAX_REPLY {
             self.buf = vec![0; proto::MAX_REPLY];
         }
-        match proto::recv(sock, &mut self.buf) {
+        match proto::recv_spin(sock, &mut self.buf, SPIN) {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(self.broken(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -75,7 +75,9 @@ pub(crate) fn serve(parent: &str) -> ! {
     }
     let mut roots: Vec<OwnedFd> = Vec::new();
     loop {
-        let msg = match proto::recv(sock, &mut buf) {
+        // Requests come in bursts (one per denied file of an export): poll a little before
+        // sleeping.
+        let msg = match proto::recv_spin(sock, &mut buf, std::time::Duration::from_micros(200)) {
             Ok(Some(m)) => m,
             Ok(None) => std::process::exit(0),
             Err(e) => fail(&format!("receiving a request: {e}")),

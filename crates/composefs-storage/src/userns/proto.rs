@@ -74,17 +74,37 @@ pub(crate) struct Msg {
 /// Receives one message into `buf` (reused across calls; a longer message is an error).
 /// `Ok(None)` means the other side closed the socket.
 pub(crate) fn recv(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Option<Msg>> {
+    recv_spin(sock, buf, std::time::Duration::ZERO)
+}
+
+/// Like [`recv`], but first polls without blocking for up to `spin`: a request and its reply
+/// follow each other within microseconds, and waking a sleeping process costs more than that.
+pub(crate) fn recv_spin(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    spin: std::time::Duration,
+) -> io::Result<Option<Msg>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
+    let start = std::time::Instant::now();
     let r = loop {
+        let flags = if spin.is_zero() || start.elapsed() >= spin {
+            RecvFlags::CMSG_CLOEXEC
+        } else {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        };
         match rustix::net::recvmsg(
             sock.as_fd(),
             &mut [io::IoSliceMut::new(buf)],
             &mut control,
-            RecvFlags::CMSG_CLOEXEC,
+            flags,
         ) {
             Ok(r) => break r,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) if flags.contains(RecvFlags::DONTWAIT) => {
+                std::hint::spin_loop();
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     };
