@@ -300,6 +300,17 @@ fn put_layer_blob(
     ))
 }
 
+/// The number of parallel jobs `jobs` means (0: one per CPU).
+fn effective_jobs(jobs: usize) -> usize {
+    if jobs == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        jobs
+    }
+}
+
 /// Exports layers in parallel into `dir`; returns layer ID → blob.
 fn export_layers(
     dir: &Path,
@@ -310,14 +321,7 @@ fn export_layers(
     let queue = Mutex::new(layers.to_vec());
     let results: Mutex<HashMap<String, (BlobInfo, bool)>> = Mutex::new(HashMap::new());
     let failed: Mutex<Option<StorageError>> = Mutex::new(None);
-    let jobs = if opts.jobs == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        opts.jobs
-    }
-    .min(layers.len().max(1));
+    let jobs = effective_jobs(opts.jobs).min(layers.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
@@ -740,48 +744,94 @@ pub fn export_images(
                 }
             }
             let _wg = DirGuard(work.clone());
-            // Uncompressed layers of known size go straight into the archive (their blob is
-            // the layer tar: digest = DiffID, size = diff-size, both known before writing),
-            // not through a temporary file; the others are written to the work tree first.
-            let (streamed, spooled): (Vec<Layer>, Vec<Layer>) =
-                layers.iter().cloned().partition(|l| {
-                    opts.compression == LayerCompression::None
-                        && l.diff_id().is_some()
-                        && l.diff_size().is_some()
-                });
+            // Uncompressed layers of known size can go straight into the archive (their blob
+            // is the layer tar: digest = DiffID, size = diff-size, both known before writing)
+            // instead of through a temporary file. The largest one does, while the others
+            // are written to the work tree in parallel (all of them stream with one job).
+            let jobs = effective_jobs(opts.jobs);
+            let mut candidates: Vec<(String, Layer, Digest, u64)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for l in &layers {
+                if opts.compression != LayerCompression::None {
+                    break;
+                }
+                if let (Some(digest), Some(size)) = (l.diff_id(), l.diff_size()) {
+                    let name = if opts.format == ArchiveFormat::OciArchive {
+                        format!("blobs/sha256/{}", hex(&digest))
+                    } else {
+                        format!("{}.tar", hex(&digest))
+                    };
+                    if seen.insert(name.clone()) {
+                        candidates.push((name, l.clone(), digest, size));
+                    }
+                }
+            }
+            candidates.sort_by_key(|c| std::cmp::Reverse(c.3));
+            let n_streamed = if jobs <= 1 {
+                candidates.len()
+            } else {
+                candidates.len().min(1)
+            };
+            let streamed = &candidates[..n_streamed];
+            let streamed_ids: std::collections::HashSet<&str> =
+                streamed.iter().map(|c| c.1.id()).collect();
+            // Layers sharing a streamed blob need no blob of their own.
+            let spooled: Vec<Layer> = layers
+                .iter()
+                .filter(|l| {
+                    !streamed_ids.contains(l.id())
+                        && !streamed.iter().any(|c| Some(&c.2) == l.diff_id().as_ref())
+                })
+                .cloned()
+                .collect();
             let blob_dir = if opts.format == ArchiveFormat::OciArchive {
                 work.join("blobs/sha256")
             } else {
                 work.clone()
             };
             std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
-            let mut blobs = export_layers(&blob_dir, &spooled, opts, &mut report)?;
-            // (archive path, layer) of each streamed blob, once per digest.
-            let mut pending: Vec<(String, Layer)> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for l in &streamed {
-                let (Some(digest), Some(size)) = (l.diff_id(), l.diff_size()) else {
-                    continue;
-                };
-                let name = if opts.format == ArchiveFormat::OciArchive {
-                    format!("blobs/sha256/{}", hex(&digest))
-                } else {
-                    format!("{}.tar", hex(&digest))
-                };
-                if seen.insert(name.clone()) {
-                    pending.push((name, l.clone()));
-                    report.blobs_written += 1;
-                    report.bytes += size;
+            let tmp = dir.join(tmp_name(&base));
+            let mut guard = TmpGuard(Some(tmp.clone()));
+            let f = File::create(&tmp).map_err(|e| StorageError::io(path, e))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let spool_opts = ImageExportOptions {
+                jobs: jobs.saturating_sub(n_streamed.min(1)).max(1),
+                ..opts.clone()
+            };
+            let (spool_result, stream_result) = std::thread::scope(|sc| {
+                let spool = sc.spawn(|| {
+                    let mut r = ImageExportReport::default();
+                    export_layers(&blob_dir, &spooled, &spool_opts, &mut r).map(|b| (b, r))
+                });
+                let streamed_ok = streamed.iter().try_for_each(|(name, l, _, _)| {
+                    stream_layer(&mut w, name, l, opts.progress.as_ref(), path)
+                });
+                let spooled = spool.join().unwrap_or_else(|_| {
+                    Err(StorageError::InvalidArgument(
+                        "a layer export thread panicked".into(),
+                    ))
+                });
+                (spooled, streamed_ok)
+            });
+            stream_result?;
+            let (mut blobs, spool_report) = spool_result?;
+            report.blobs_written += spool_report.blobs_written;
+            report.blobs_reused += spool_report.blobs_reused;
+            report.bytes += spool_report.bytes;
+            for l in &layers {
+                if let Some(c) = streamed.iter().find(|c| Some(&c.2) == l.diff_id().as_ref()) {
+                    blobs.insert(
+                        l.id().to_string(),
+                        BlobInfo {
+                            digest: c.2.clone(),
+                            size: c.3,
+                            media_type: MEDIA_TYPE_OCI_LAYER.into(),
+                        },
+                    );
                 }
-                blobs.insert(
-                    l.id().to_string(),
-                    BlobInfo {
-                        digest,
-                        size,
-                        media_type: MEDIA_TYPE_OCI_LAYER.into(),
-                    },
-                );
             }
+            report.blobs_written += streamed.len();
+            report.bytes += streamed.iter().map(|c| c.3).sum::<u64>();
             if opts.format == ArchiveFormat::OciArchive {
                 write_oci_layout(&work, &prepared, &blobs, &mut report)?;
             } else {
@@ -795,15 +845,8 @@ pub fn export_images(
                 }
                 write_docker_tree(&work, &prepared, &blobs, &mut report)?;
             }
-            let tmp = dir.join(tmp_name(&base));
-            let mut guard = TmpGuard(Some(tmp.clone()));
-            let f = File::create(&tmp).map_err(|e| StorageError::io(path, e))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            tar_tree(&mut w, &work, Path::new("")).map_err(|e| StorageError::io(path, e))?;
-            for (name, l) in &pending {
-                stream_layer(&mut w, name, l, opts.progress.as_ref(), path)?;
-            }
-            w.write_all(&[0u8; 2 * BLOCK])
+            tar_tree(&mut w, &work, Path::new(""))
+                .and_then(|_| w.write_all(&[0u8; 2 * BLOCK]))
                 .and_then(|_| w.flush())
                 .map_err(|e| StorageError::io(path, e))?;
             drop(w);

@@ -276,10 +276,14 @@ fn corrupted_layer_fails_naming_it_and_leaves_no_blob() {
     b[100] ^= 0xff;
     std::fs::write(&file, b).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (format, out) in [
-        ("oci", dir.path().join("oci")),
-        ("oci-archive", dir.path().join("a.tar")),
-        ("docker-archive", dir.path().join("d.tar")),
+    // Archives take their largest uncompressed layer (here the damaged one, 200 kB) straight
+    // from the store, the others too with one job; the OCI layout writes every blob aside.
+    for (format, out, jobs) in [
+        ("oci", dir.path().join("oci"), "2"),
+        ("oci-archive", dir.path().join("a.tar"), "1"),
+        ("oci-archive", dir.path().join("a.tar"), "2"),
+        ("docker-archive", dir.path().join("d.tar"), "1"),
+        ("docker-archive", dir.path().join("d.tar"), "2"),
     ] {
         let o = cstorage(&store)
             .args([
@@ -287,6 +291,8 @@ fn corrupted_layer_fails_naming_it_and_leaves_no_blob() {
                 "export",
                 "--format",
                 format,
+                "--jobs",
+                jobs,
                 "localhost/app2:latest",
                 "-o",
             ])
