@@ -181,15 +181,15 @@ pub(crate) fn lstat_at(dir: impl AsFd, path: &Path) -> io::Result<rustix::fs::St
     }
 }
 
-/// Reads the target of the symlink `name` (a single component) in `dir`; where `dir` cannot be
-/// searched, through an `O_PATH` fd as [`lstat_at`] does.
-pub(crate) fn read_link_name(dir: impl AsFd, name: &str) -> io::Result<std::ffi::OsString> {
-    use std::os::unix::ffi::OsStringExt;
-    debug_assert!(!name.contains('/'));
+/// Reads the target of the symlink `name` (a single component, any bytes) in `dir`; where
+/// `dir` cannot be searched, through an `O_PATH` fd as [`lstat_at`] does.
+pub(crate) fn read_link_at(dir: impl AsFd, name: &Path) -> io::Result<std::ffi::OsString> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    debug_assert!(!name.as_os_str().as_bytes().contains(&b'/'));
     let target = match rustix::fs::readlinkat(dir.as_fd(), name, Vec::new()) {
         Ok(t) => t,
         Err(rustix::io::Errno::ACCESS) => {
-            let fd = openat2_beneath(dir, Path::new(name), OFlags::PATH | OFlags::NOFOLLOW)?;
+            let fd = openat2_beneath(dir, name, OFlags::PATH | OFlags::NOFOLLOW)?;
             rustix::fs::readlinkat(&fd, "", Vec::new())?
         }
         Err(e) => return Err(e.into()),

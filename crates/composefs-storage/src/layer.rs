@@ -369,7 +369,7 @@ impl Layer {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(StorageError::io(home.path.join("l"), e)),
                 };
-                let target = match fsutil::read_link_name(&l_dir, link) {
+                let target = match fsutil::read_link_at(&l_dir, Path::new(link)) {
                     Ok(t) => t,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(StorageError::io(home.path.join("l").join(link), e)),

@@ -191,7 +191,7 @@ impl<W: Write> Gen<'_, W> {
                 }
                 FileType::Symlink => {
                     h.entry_type = EntryType::Symlink;
-                    h.link_target = fsutil::read_link_name(dir, &String::from_utf8_lossy(&name))
+                    h.link_target = fsutil::read_link_at(dir, os(&name))
                         .map(|t| {
                             use std::os::unix::ffi::OsStringExt;
                             t.into_vec()

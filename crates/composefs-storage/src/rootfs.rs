@@ -1056,17 +1056,7 @@ impl RootFs {
 }
 
 fn read_link_at(dir: &Dir, name: &[u8]) -> io::Result<OsString> {
-    match rustix::fs::readlinkat(dir, os(name), Vec::new()) {
-        Ok(t) => Ok(OsString::from_vec(t.into_bytes())),
-        Err(rustix::io::Errno::ACCESS) => {
-            let fd =
-                fsutil::openat2_beneath(dir, Path::new(os(name)), OFlags::PATH | OFlags::NOFOLLOW)?;
-            Ok(OsString::from_vec(
-                rustix::fs::readlinkat(&fd, "", Vec::new())?.into_bytes(),
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
+    fsutil::read_link_at(dir, Path::new(os(name)))
 }
 
 struct Frame {
