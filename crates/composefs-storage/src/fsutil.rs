@@ -232,26 +232,35 @@ pub(crate) fn fd_xattrs(fd: impl AsFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
-/// The value of the extended attribute `name` of an open file, `None` if it has none (or the
-/// file system has no attributes, or it is not readable by us as `trusted.*` is not). Like
-/// [`fd_xattrs`], a denied read goes through the user-namespace helper.
-pub(crate) fn fd_xattr(fd: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let mut v = vec![0u8; 4096];
-    match rustix::fs::fgetxattr(fd.as_fd(), name, &mut v[..]) {
-        Ok(n) => {
-            v.truncate(n);
-            Ok(Some(v))
+/// The values of the extended attributes `names` of an open file, in order, `None` where
+/// one is absent (or the file system has no attributes, or it is not readable by us as
+/// `trusted.*` is not). A value too long for a small buffer, or a denied read, is answered
+/// from the full list ([`fd_xattrs`], which goes through the user-namespace helper when
+/// denied), read once for all the names.
+pub(crate) fn fd_xattr_values(fd: impl AsFd, names: &[&str]) -> io::Result<Vec<Option<Vec<u8>>>> {
+    let mut buf = [0u8; 256];
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match rustix::fs::fgetxattr(fd.as_fd(), *name, &mut buf[..]) {
+            Ok(n) => out.push(Some(buf[..n].to_vec())),
+            Err(rustix::io::Errno::NODATA)
+            | Err(rustix::io::Errno::NOTSUP)
+            | Err(rustix::io::Errno::PERM) => out.push(None),
+            Err(rustix::io::Errno::RANGE) | Err(rustix::io::Errno::ACCESS) => {
+                let all = fd_xattrs(fd)?;
+                return Ok(names
+                    .iter()
+                    .map(|n| {
+                        all.iter()
+                            .find(|(k, _)| k == n.as_bytes())
+                            .map(|(_, v)| v.clone())
+                    })
+                    .collect());
+            }
+            Err(e) => return Err(e.into()),
         }
-        // Too big for the first buffer: read it with the full list.
-        Err(rustix::io::Errno::RANGE) | Err(rustix::io::Errno::ACCESS) => Ok(fd_xattrs(fd)?
-            .into_iter()
-            .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v)),
-        Err(rustix::io::Errno::NODATA)
-        | Err(rustix::io::Errno::NOTSUP)
-        | Err(rustix::io::Errno::PERM) => Ok(None),
-        Err(e) => Err(e.into()),
     }
+    Ok(out)
 }
 
 fn fd_xattrs_direct(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -376,17 +376,20 @@ fn is_whiteout_dev(st: &Stat) -> bool {
 
 /// Is this layer directory opaque (xattr or `.wh..wh..opq` inside)?
 fn is_opaque(dir: &Dir) -> io::Result<bool> {
-    for name in OPAQUE_XATTRS {
-        if fsutil::fd_xattr(dir, name)?.as_deref() == Some(b"y") {
-            return Ok(true);
-        }
+    if fsutil::fd_xattr_values(dir, &OPAQUE_XATTRS)?
+        .iter()
+        .any(|v| v.as_deref() == Some(b"y"))
+    {
+        return Ok(true);
     }
     Ok(lstat_at(dir, OPAQUE_FILE.as_bytes())?.is_some())
 }
 
 /// The `user.containers.override_stat` of a file or directory, if set.
 fn read_override(fd: impl AsFd) -> io::Result<Option<Vec<u8>>> {
-    fsutil::fd_xattr(fd, OVERRIDE_XATTR)
+    Ok(fsutil::fd_xattr_values(fd, &[OVERRIDE_XATTR])?
+        .pop()
+        .flatten())
 }
 
 /// Applies `uid:gid:octalmode[:type]` to `md`. Malformed values are an error.
