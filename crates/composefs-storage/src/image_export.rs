@@ -198,6 +198,20 @@ fn put_blob_bytes(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<bool> {
     Ok(true)
 }
 
+/// Export options for a layer blob: digest verified, progress reported under the layer's ID.
+fn verified_export(layer: &Layer, progress: Option<&ImageProgress>) -> ExportOptions {
+    let opts = ExportOptions::new(Verify::Digest);
+    match progress {
+        Some(p) => {
+            let p = p.clone();
+            let id = layer.id().to_string();
+            let total = layer.diff_size();
+            opts.with_progress(Arc::new(move |n| p(&id, n, total)))
+        }
+        None => opts,
+    }
+}
+
 /// Writes a layer blob into `dir` (compressed or not), verified, named by its digest.
 fn put_layer_blob(
     dir: &Path,
@@ -212,13 +226,7 @@ fn put_layer_blob(
             "has no DiffID; it cannot be exported as an image layer",
         )
     })?;
-    let mut opts = ExportOptions::new(Verify::Digest);
-    if let Some(p) = progress {
-        let p = p.clone();
-        let id = layer.id().to_string();
-        let total = layer.diff_size();
-        opts = opts.with_progress(Arc::new(move |n| p(&id, n, total)));
-    }
+    let opts = verified_export(layer, progress);
     if compression == LayerCompression::None {
         let dst = dir.join(hex(&diff_id));
         let info = BlobInfo {
@@ -564,12 +572,7 @@ fn stream_layer(
     w.write_all(&h.to_bytes())
         .and_then(|_| w.flush())
         .map_err(|e| StorageError::io(archive, e))?;
-    let mut opts = ExportOptions::new(Verify::Digest);
-    if let Some(p) = progress {
-        let p = p.clone();
-        let id = layer.id().to_string();
-        opts = opts.with_progress(Arc::new(move |n| p(&id, n, Some(size))));
-    }
+    let opts = verified_export(layer, progress);
     // Straight into the file (copy_file_range where it can), after what the buffer held.
     let rep = layer.export_to_fd(w.get_ref().as_fd(), archive, &opts)?;
     if rep.bytes != size {
@@ -751,10 +754,12 @@ pub fn export_images(
             let jobs = effective_jobs(opts.jobs);
             let mut candidates: Vec<(String, Layer, Digest, u64)> = Vec::new();
             let mut seen = std::collections::HashSet::new();
-            for l in &layers {
-                if opts.compression != LayerCompression::None {
-                    break;
-                }
+            let uncompressed = if opts.compression == LayerCompression::None {
+                &layers[..]
+            } else {
+                &[]
+            };
+            for l in uncompressed {
                 if let (Some(digest), Some(size)) = (l.diff_id(), l.diff_size()) {
                     let name = if opts.format == ArchiveFormat::OciArchive {
                         format!("blobs/sha256/{}", hex(&digest))
@@ -773,15 +778,10 @@ pub fn export_images(
                 candidates.len().min(1)
             };
             let streamed = &candidates[..n_streamed];
-            let streamed_ids: std::collections::HashSet<&str> =
-                streamed.iter().map(|c| c.1.id()).collect();
-            // Layers sharing a streamed blob need no blob of their own.
+            // The streamed layers, and layers sharing their blob, need no blob of their own.
             let spooled: Vec<Layer> = layers
                 .iter()
-                .filter(|l| {
-                    !streamed_ids.contains(l.id())
-                        && !streamed.iter().any(|c| Some(&c.2) == l.diff_id().as_ref())
-                })
+                .filter(|l| !streamed.iter().any(|c| Some(&c.2) == l.diff_id().as_ref()))
                 .cloned()
                 .collect();
             let blob_dir = if opts.format == ArchiveFormat::OciArchive {
