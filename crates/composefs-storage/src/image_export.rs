@@ -4,11 +4,12 @@
 //! The config blob is the stored config's bytes unchanged. Layers are rebuilt from tar-split
 //! and checked against their DiffIDs while they are written (see [`crate::export`]);
 //! uncompressed by default, so their digests are the DiffIDs, or compressed (gzip, zstd) in
-//! parallel across layers. Every blob is written under a temporary name and renamed to its
-//! digest only after the digest was checked, so an interrupted export never leaves a blob
-//! whose name lies about its content. An existing OCI layout is added to: its blobs are
-//! reused and its `index.json` keeps its other entries. Archives are written to a temporary
-//! file renamed into place when complete.
+//! parallel across layers. In an OCI layout every blob is written under a temporary name and
+//! renamed to its digest only after the digest was checked, so an interrupted export never
+//! leaves a blob whose name lies about its content. An existing OCI layout is added to: its
+//! blobs are reused and its `index.json` keeps its other entries. Archives are written to a
+//! temporary file renamed into place only when complete and every blob checked; the largest
+//! uncompressed layer is written straight into it, the others beside it in parallel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
