@@ -149,7 +149,9 @@ enum ImageCommand {
         /// Images (ID, prefix, name, reference or digest); several share one layout/archive.
         #[arg(required = true)]
         images: Vec<String>,
-        /// Output: a directory for `oci` (created or added to), a file for archives.
+        /// Output: a directory for `oci` (new, empty, or an OCI layout to add to); for
+        /// archives a file (replaced when complete), a FIFO or device, or `-` for standard
+        /// output.
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
         /// Layer compression for OCI formats: none, gzip or zstd.
@@ -180,8 +182,9 @@ enum LayerCommand {
         /// Take LAYER as an index into this image's layers.
         #[arg(long, value_name = "IMAGE")]
         image: Option<String>,
-        /// Output file (written under a temporary name and renamed when complete and
-        /// verified); standard output if absent.
+        /// Output file (written under a temporary name and renamed over it, keeping its mode
+        /// and owner, when complete and verified), FIFO or device; standard output if absent
+        /// or `-`.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// What to verify: none, crc (each file's size and CRC-64), digest (also the sha256
@@ -305,7 +308,7 @@ fn run(cli: Cli) -> Result<()> {
                 let mut rows = Vec::new();
                 for i in &images {
                     let created = human_ago(i.created());
-                    let size = human_size(i.size());
+                    let size = i.known_size().map(human_size).unwrap_or_else(|| "-".into());
                     let mut named = false;
                     for n in i.names() {
                         let (repo, tag) = split_name(n);
@@ -365,29 +368,30 @@ fn run(cli: Cli) -> Result<()> {
                     writeln!(out, "{}", l.id())?;
                 }
             } else {
-                let users = storage.layer_users()?;
-                let summaries: Vec<LayerSummary> = layers
-                    .iter()
-                    .map(|l| LayerSummary::new(l, users.get(l.id()).cloned().unwrap_or_default()))
-                    .collect();
                 if format == Format::Json {
-                    fmt::json(&mut out, &summaries)?;
+                    // One summary at a time: the image lists grow with depth x images.
+                    let users = storage.layer_users_index()?;
+                    let each = layers.iter().map(|l| {
+                        LayerSummary::new(l, users.image_ids(l.id()).map(String::from).collect())
+                    });
+                    fmt::json(&mut out, &fmt::Seq::new(each))?;
                 } else {
+                    let counts = storage.layer_user_counts()?;
                     let rows: Vec<Vec<String>> = layers
                         .iter()
-                        .zip(&summaries)
-                        .map(|(l, s)| {
+                        .map(|l| {
                             vec![
                                 short_id(l.id()).to_string(),
                                 l.parent_id().map(short_id).unwrap_or("-").to_string(),
-                                s.diff_digest
-                                    .as_deref()
-                                    .map(|d| d.get(..19).unwrap_or(d))
-                                    .unwrap_or("-")
-                                    .to_string(),
-                                s.diff_size.map(human_size).unwrap_or_else(|| "-".into()),
+                                l.diff_digest()
+                                    .map(|d| {
+                                        let d = d.to_string();
+                                        d.get(..19).unwrap_or(&d).to_string()
+                                    })
+                                    .unwrap_or_else(|| "-".into()),
+                                l.diff_size().map(human_size).unwrap_or_else(|| "-".into()),
                                 human_ago(l.created()),
-                                s.images.len().to_string(),
+                                counts.get(l.id()).copied().unwrap_or(0).to_string(),
                             ]
                         })
                         .collect();
@@ -542,10 +546,32 @@ fn split_name(n: &str) -> (String, String) {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP remove the temporary and unfinished files of the command
+/// (`composefs_storage::output`), then end the process by the signal's default action, so
+/// that its parent sees the conventional status (130, 143, 129).
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            composefs_storage::output::remove_pending();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
+fn libc_sigpipe() -> i32 {
+    signal_hook::consts::SIGPIPE
+}
+
 fn main() {
     // First: this may be the user-namespace helper of a rootless store, re-executed.
     composefs_storage::userns::init();
     let cli = Cli::parse();
+    remove_temporaries_on_signals();
     log::set_max_level(cli.log_level);
     let _ = log::set_logger(&LOGGER);
     if let Err(e) = run(cli) {
@@ -557,7 +583,8 @@ fn main() {
                     .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
         });
         if broken_pipe {
-            std::process::exit(0);
+            // What was written is incomplete: fail as a process killed by SIGPIPE does.
+            std::process::exit(128 + libc_sigpipe());
         }
         // One line: the error and its causes, each cause only if not already said.
         let mut msg = String::new();
