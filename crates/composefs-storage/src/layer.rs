@@ -64,7 +64,26 @@ impl Compression {
     }
 }
 
-/// A layer of the store (an image layer or a container's read-write layer).
+/// A layer of the store (an image layer or a container's read-write layer): a cheap handle
+/// on its record, from [`Image::layers`], [`Storage::list_layers`], [`Storage::find_layer`]
+/// or [`Storage::resolve_diff_ids`].
+///
+/// ```no_run
+/// use composefs_storage::{ExportOptions, Verify};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
+/// let layer = storage.find_image("alpine")?.layers()?.remove(0);
+/// println!("{} {:?} parent {:?}", layer.id(), layer.diff_digest(), layer.parent_id());
+/// // The original tar, rebuilt bit for bit and checked against the DiffID.
+/// let mut out = std::fs::File::create("base.tar")?;
+/// layer.export(&mut out, &ExportOptions::new(Verify::Digest))?;
+/// // Its own files (not the merged view), with whiteouts reported as such.
+/// for entry in layer.read_dir("/")? {
+///     println!("{:?} {:?}", entry.name, entry.kind);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Layer {
     storage: Storage,

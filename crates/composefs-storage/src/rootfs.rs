@@ -335,6 +335,22 @@ enum Resolved {
 
 /// The merged root filesystem of an image.
 ///
+/// ```no_run
+/// use std::io::Read;
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = composefs_storage::Storage::discover()?;
+/// let rootfs = storage.find_image("alpine")?.rootfs()?;
+/// let md = rootfs.stat("/bin/sh")?;                 // symlinks followed inside the image
+/// println!("{:o} {}:{} from layer {}", md.mode, md.uid, md.gid, rootfs.layer_ids()[md.layer]);
+/// let mut motd = String::new();
+/// rootfs.open("/etc/motd")?.read_to_string(&mut motd).ok();
+/// for entry in rootfs.walk_from("/etc")? {
+///     println!("{}", entry?.path.display());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
 /// Created by [`Image::rootfs`]. It holds directory handles on the image's layers and, like
 /// a layer export, the shared locks of the layer stores they belong to, taken after checking
 /// the layers are still there: c/storage writers cannot delete the layers while a `RootFs`

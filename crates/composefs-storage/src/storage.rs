@@ -366,7 +366,25 @@ pub struct StoreCounts {
     pub containers: usize,
 }
 
-/// An open containers-storage store (overlay driver), read-only.
+/// An open containers-storage store (overlay driver), read-only. Cloning it is cheap (the
+/// directory handles and cached records are shared), and it can be used from several
+/// threads.
+///
+/// ```no_run
+/// use composefs_storage::{Storage, StorageConfig};
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = Storage::discover()?;                         // as podman finds it
+/// let mut config = StorageConfig::for_graphroot("/srv/store"); // or set up explicitly
+/// config.set_driver_options(vec!["overlay.mount_program=/usr/bin/fuse-overlayfs".into()]);
+/// let other = Storage::open_with_config(&config)?;
+/// for image in storage.list_images()? {
+///     println!("{} {:?}", image.id(), image.names());
+/// }
+/// let layer = other.find_layer("sha256:4abcf2066143")?;      // ID, prefix, name or digest
+/// println!("{:?}", layer.diff_size());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub(crate) inner: Arc<Inner>,
@@ -1022,11 +1040,15 @@ impl Storage {
     /// resolve an image's layers along its chain, use [`Image::layers`].
     ///
     /// ```no_run
-    /// # fn main() -> composefs_storage::Result<()> {
+    /// use composefs_storage::Digest;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
     /// let config = storage.find_image("alpine")?.config()?;
-    /// let layers = storage.resolve_diff_ids(config.rootfs().diff_ids())?;
-    /// for (diff_id, layer) in config.rootfs().diff_ids().iter().zip(&layers) {
+    /// let diff_ids = config.rootfs().diff_ids().iter()
+    ///     .map(|d| d.parse::<Digest>())
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let layers = storage.resolve_diff_ids(&diff_ids)?;
+    /// for (diff_id, layer) in diff_ids.iter().zip(&layers) {
     ///     println!("{diff_id} {:?}", layer.as_ref().map(|l| l.id()));
     /// }
     /// # Ok(())

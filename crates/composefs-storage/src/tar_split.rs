@@ -636,6 +636,28 @@ pub enum TarSplitItem {
 ///
 /// The layer store's shared lock is held until the stream is dropped, so cooperating
 /// c/storage writers cannot delete the layer meanwhile.
+///
+/// ```no_run
+/// use std::io::Write;
+/// use composefs_storage::{TarSplitFdStream, TarSplitItem};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let storage = composefs_storage::Storage::discover()?;
+/// let layer = storage.find_image("alpine")?.layers()?.remove(0);
+/// let mut stream = TarSplitFdStream::new(&layer)?;
+/// println!("reading from layers {:?}", stream.layer_chain()?);
+/// let mut tar = std::fs::File::create("layer.tar")?;
+/// for item in stream {
+///     match item? {
+///         TarSplitItem::Segment(bytes) => tar.write_all(&bytes)?,
+///         TarSplitItem::FileContent { fd, size, name, layer, .. } => {
+///             eprintln!("{} ({size} bytes) from layer {layer}", name.display());
+///             std::io::copy(&mut std::fs::File::from(fd), &mut tar)?;
+///         }
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct TarSplitFdStream {
     reader: TarSplitReader<BufReader<flate2::read::MultiGzDecoder<BufReader<File>>>>,
     getter: FileGetter,
