@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -205,151 +205,175 @@ fn split(name: &str) -> (&str, &str) {
     name.rsplit_once('/').unwrap_or(("", name))
 }
 
+/// Checks one layer's files against its tar (as Python's tarfile reads it): every directory
+/// lists exactly the tar's names (whiteouts under the name they delete, no markers), opaque
+/// exactly where the tar has `.wh..wh..opq`, and every member's type, owner, mode, time,
+/// content or target. `form`: the whiteout form the store uses, if known. Returns the number
+/// of whiteouts the tar has.
+fn check_layer_files(
+    what: &str,
+    i: usize,
+    l: &Layer,
+    tar: &[u8],
+    form: Option<WhiteoutForm>,
+) -> usize {
+    let members = tar_members(tar);
+    let files = l.files().unwrap();
+    let by_name: BTreeMap<&str, &Member> = members.iter().map(|m| (m.name.as_str(), m)).collect();
+    // Directory → the names the tar gives it (whiteouts under the name they delete).
+    let mut children: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut opaque: BTreeSet<String> = BTreeSet::new();
+    let mut whiteouts = 0;
+    for m in &members {
+        let (dir, base) = split(&m.name);
+        let mut parts: Vec<&str> = Vec::new();
+        for c in dir.split('/').filter(|c| !c.is_empty()) {
+            let parent = parts.join("/");
+            parts.push(c);
+            children
+                .entry(parent)
+                .or_default()
+                .insert(c.into(), "dir".into());
+        }
+        if base == ".wh..wh..opq" {
+            opaque.insert(dir.into());
+        } else if let Some(gone) = base.strip_prefix(".wh.") {
+            whiteouts += 1;
+            children
+                .entry(dir.into())
+                .or_default()
+                .insert(gone.into(), "whiteout".into());
+        } else {
+            let kind = if m.kind == "lnk" { "reg" } else { &m.kind };
+            children
+                .entry(dir.into())
+                .or_default()
+                .insert(base.into(), kind.into());
+        }
+    }
+    for (dir, want) in &children {
+        let got: BTreeMap<String, String> = files
+            .read_dir(dir)
+            .unwrap_or_else(|e| panic!("{what} layer {i} read_dir {dir:?}: {e}"))
+            .into_iter()
+            .map(|e| {
+                let k = match e.kind {
+                    LayerEntryKind::Whiteout(_) => "whiteout",
+                    LayerEntryKind::File(FileKind::Regular) => "reg",
+                    LayerEntryKind::File(FileKind::Directory) => "dir",
+                    LayerEntryKind::File(FileKind::Symlink) => "sym",
+                    LayerEntryKind::File(FileKind::CharDevice) => "chr",
+                    LayerEntryKind::File(FileKind::BlockDevice) => "blk",
+                    LayerEntryKind::File(FileKind::Fifo) => "fifo",
+                    k => panic!("{k:?}"),
+                };
+                (e.name.to_string_lossy().into_owned(), k.to_string())
+            })
+            .collect();
+        assert_eq!(&got, want, "{what} layer {i} directory {dir:?}");
+        let st = files.stat(dir).unwrap();
+        assert_eq!(st.kind, LayerEntryKind::File(FileKind::Directory));
+        assert_eq!(st.opaque, opaque.contains(dir), "{what} layer {i} {dir:?}");
+        for (name, kind) in want {
+            let path = if dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{dir}/{name}")
+            };
+            let st = files.stat(&path).unwrap();
+            if kind == "whiteout" {
+                match form {
+                    Some(form) => {
+                        assert_eq!(st.kind, LayerEntryKind::Whiteout(form), "{what} {path}")
+                    }
+                    None => assert!(
+                        matches!(st.kind, LayerEntryKind::Whiteout(_)),
+                        "{what} {path}: {:?}",
+                        st.kind
+                    ),
+                }
+                let e = files.open(&path).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{path}: {e}");
+                continue;
+            }
+            let Some(m) = by_name.get(path.as_str()) else {
+                continue; // a directory the tar only implies
+            };
+            let md = &st.metadata;
+            assert_eq!(md.layer, i);
+            assert_eq!((md.uid, md.gid), (m.uid, m.gid), "{what} {path}");
+            if m.kind != "sym" {
+                assert_eq!(md.mode, m.mode, "{what} {path}");
+            }
+            match m.kind.as_str() {
+                "reg" | "lnk" => {
+                    let mut content = Vec::new();
+                    files
+                        .open(&path)
+                        .unwrap()
+                        .read_to_end(&mut content)
+                        .unwrap();
+                    let want = if m.kind == "lnk" {
+                        &by_name[m.target.as_str()].sha256
+                    } else {
+                        &m.sha256
+                    };
+                    assert_eq!(&sha256_hex(&content), want, "{what} {path}");
+                    assert_eq!(md.mtime, m.mtime, "{what} {path}");
+                }
+                "sym" => {
+                    assert_eq!(
+                        md.symlink_target.as_deref(),
+                        Some(Path::new(&m.target)),
+                        "{what} {path}"
+                    );
+                    let e = files.open(&path).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{path}: {e}");
+                }
+                "dir" => {
+                    let e = files.open(&path).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "{path}: {e}");
+                }
+                _ => {}
+            }
+        }
+    }
+    // Names the layer does not have are ENOENT, even where a lower layer has them;
+    // the markers themselves are not files.
+    for p in ["nonexistent", "no/such", "etc/.wh.gone", "opq/.wh..wh..opq"] {
+        if by_name.contains_key(p) {
+            continue;
+        }
+        let e = files.stat(p).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOENT),
+            "{what} layer {i} {p}: {e}"
+        );
+        assert!(e.to_string().contains(l.id()), "{e}");
+    }
+    if by_name.contains_key("etc/passwd") {
+        let e = files.stat("etc/passwd/x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "{e}");
+    }
+    whiteouts
+}
+
 #[test]
 fn one_layer_files_match_the_layer_tar() {
     for (what, store) in stores() {
         let s = open(store);
         let layers = s.find_image("three").unwrap().layers().unwrap();
+        // skopeo writes overlay whiteouts (char 0/0) in native stores and keeps `.wh.`
+        // files for fuse-overlayfs.
+        let form = if what == "native" {
+            WhiteoutForm::CharDevice
+        } else {
+            WhiteoutForm::AufsFile
+        };
         for (i, l) in layers.iter().enumerate() {
-            let members = tar_members(&fx().tars[i]);
-            let files = l.files().unwrap();
-            let by_name: BTreeMap<&str, &Member> =
-                members.iter().map(|m| (m.name.as_str(), m)).collect();
-            // Directory → the names the tar gives it (whiteouts under the name they delete).
-            let mut children: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-            let mut opaque: BTreeSet<String> = BTreeSet::new();
-            let mut whiteouts = 0;
-            for m in &members {
-                let (dir, base) = split(&m.name);
-                let mut parts: Vec<&str> = Vec::new();
-                for c in dir.split('/').filter(|c| !c.is_empty()) {
-                    let parent = parts.join("/");
-                    parts.push(c);
-                    children
-                        .entry(parent)
-                        .or_default()
-                        .insert(c.into(), "dir".into());
-                }
-                if base == ".wh..wh..opq" {
-                    opaque.insert(dir.into());
-                } else if let Some(gone) = base.strip_prefix(".wh.") {
-                    whiteouts += 1;
-                    children
-                        .entry(dir.into())
-                        .or_default()
-                        .insert(gone.into(), "whiteout".into());
-                } else {
-                    let kind = if m.kind == "lnk" { "reg" } else { &m.kind };
-                    children
-                        .entry(dir.into())
-                        .or_default()
-                        .insert(base.into(), kind.into());
-                }
-            }
-            for (dir, want) in &children {
-                let got: BTreeMap<String, String> = files
-                    .read_dir(dir)
-                    .unwrap_or_else(|e| panic!("{what} layer {i} read_dir {dir:?}: {e}"))
-                    .into_iter()
-                    .map(|e| {
-                        let k = match e.kind {
-                            LayerEntryKind::Whiteout(_) => "whiteout",
-                            LayerEntryKind::File(FileKind::Regular) => "reg",
-                            LayerEntryKind::File(FileKind::Directory) => "dir",
-                            LayerEntryKind::File(FileKind::Symlink) => "sym",
-                            LayerEntryKind::File(FileKind::CharDevice) => "chr",
-                            LayerEntryKind::File(FileKind::BlockDevice) => "blk",
-                            LayerEntryKind::File(FileKind::Fifo) => "fifo",
-                            k => panic!("{k:?}"),
-                        };
-                        (e.name.to_string_lossy().into_owned(), k.to_string())
-                    })
-                    .collect();
-                assert_eq!(&got, want, "{what} layer {i} directory {dir:?}");
-                let st = files.stat(dir).unwrap();
-                assert_eq!(st.kind, LayerEntryKind::File(FileKind::Directory));
-                assert_eq!(st.opaque, opaque.contains(dir), "{what} layer {i} {dir:?}");
-                for (name, kind) in want {
-                    let path = if dir.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{dir}/{name}")
-                    };
-                    let st = files.stat(&path).unwrap();
-                    if kind == "whiteout" {
-                        // skopeo writes overlay whiteouts (char 0/0) in native stores and
-                        // keeps `.wh.` files for fuse-overlayfs.
-                        let form = if what == "native" {
-                            WhiteoutForm::CharDevice
-                        } else {
-                            WhiteoutForm::AufsFile
-                        };
-                        assert_eq!(st.kind, LayerEntryKind::Whiteout(form), "{what} {path}");
-                        let e = files.open(&path).unwrap_err();
-                        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{path}: {e}");
-                        continue;
-                    }
-                    let Some(m) = by_name.get(path.as_str()) else {
-                        continue; // a directory the tar only implies
-                    };
-                    let md = &st.metadata;
-                    assert_eq!(md.layer, i);
-                    assert_eq!((md.uid, md.gid), (m.uid, m.gid), "{what} {path}");
-                    if m.kind != "sym" {
-                        assert_eq!(md.mode, m.mode, "{what} {path}");
-                    }
-                    match m.kind.as_str() {
-                        "reg" | "lnk" => {
-                            let mut content = Vec::new();
-                            files
-                                .open(&path)
-                                .unwrap()
-                                .read_to_end(&mut content)
-                                .unwrap();
-                            let want = if m.kind == "lnk" {
-                                &by_name[m.target.as_str()].sha256
-                            } else {
-                                &m.sha256
-                            };
-                            assert_eq!(&sha256_hex(&content), want, "{what} {path}");
-                            assert_eq!(md.mtime, m.mtime, "{what} {path}");
-                        }
-                        "sym" => {
-                            assert_eq!(
-                                md.symlink_target.as_deref(),
-                                Some(Path::new(&m.target)),
-                                "{what} {path}"
-                            );
-                            let e = files.open(&path).unwrap_err();
-                            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{path}: {e}");
-                        }
-                        "dir" => {
-                            let e = files.open(&path).unwrap_err();
-                            assert_eq!(e.raw_os_error(), Some(libc::EISDIR), "{path}: {e}");
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            let whiteouts = check_layer_files(what, i, l, &fx().tars[i], Some(form));
             assert!(i == 0 || whiteouts > 0);
-            // Names the layer does not have are ENOENT, even where a lower layer has them;
-            // the markers themselves are not files.
-            for p in ["nonexistent", "no/such", "etc/.wh.gone", "opq/.wh..wh..opq"] {
-                if by_name.contains_key(p) {
-                    continue;
-                }
-                let e = files.stat(p).unwrap_err();
-                assert_eq!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT),
-                    "{what} layer {i} {p}: {e}"
-                );
-                assert!(e.to_string().contains(l.id()), "{e}");
-            }
-            if by_name.contains_key("etc/passwd") {
-                let e = files.stat("etc/passwd/x").unwrap_err();
-                assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "{e}");
-            }
         }
         // Layer::stat / open_file / read_dir are the same calls through a fresh handle.
         let top = layers.last().unwrap();
@@ -443,4 +467,75 @@ fn from_dir_opens_the_store_of_the_handle() {
         cap_std::fs::Dir::open_ambient_dir(empty.path(), cap_std::ambient_authority()).unwrap();
     let e = Storage::from_dir(dir).unwrap_err().to_string();
     assert!(e.contains(&empty.path().display().to_string()), "{e}");
+}
+
+/// The composefs store of `tests/trixie` (podman 5.4 with `use_composefs`, layers pulled as
+/// zstd:chunked and stored flat), made by `tests/trixie/ensure-stores.sh` as
+/// `crates/cstorage/tests/modern.rs` describes: under that script's `flock` (exclusive while
+/// it completes the chroot and any missing store, then shared while this test reads).
+/// Returns the storage.conf and the held lock.
+fn trixie_composefs_store() -> (PathBuf, std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let cache = std::env::var_os("CSTORAGE_TRIXIE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/cstorage-trixie"));
+    std::fs::create_dir_all(&cache).unwrap();
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache.join(".ensure.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/trixie/ensure-stores.sh");
+    let out = Command::new(&script)
+        .arg("--keep-stores")
+        .env("CSTORAGE_TRIXIE_LOCK_HELD", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "THE TRIXIE CHROOT OR ITS STORES COULD NOT BE BUILT: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SAFETY: as above; converts the lock to a shared one.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) }, 0);
+    (cache.join("work/stores/composefs/storage.conf"), lock)
+}
+
+#[test]
+fn flat_composefs_layers() {
+    let (conf, _lock) = trixie_composefs_store();
+    let s = Storage::open_with_config(&StorageConfig::from_file(&conf).unwrap()).unwrap();
+    let (mut flat, mut whiteouts) = (0, 0);
+    for l in s.list_layers().unwrap() {
+        if !l.is_flat().unwrap() || !l.has_tar_split().unwrap() {
+            continue;
+        }
+        flat += 1;
+        // The layer tar, rebuilt and checked against the diff-digest podman recorded: the
+        // original bytes, which Python's tarfile then reads.
+        let mut tar = Vec::new();
+        l.export(
+            &mut tar,
+            &composefs_storage::ExportOptions::new(composefs_storage::Verify::Digest),
+        )
+        .unwrap();
+        let i = l.chain().unwrap().len() - 1;
+        whiteouts += check_layer_files("composefs", i, &l, &tar, None);
+        // Contents come from the layer's own objects only.
+        let (rebuilt, from, chain) = reassemble(&l);
+        assert!(rebuilt == tar);
+        assert_eq!(chain, [l.id()]);
+        assert!(from.values().all(|id| id == l.id()), "{from:?}");
+    }
+    assert!(
+        flat > 0,
+        "no flat layer with tar-split in {}",
+        conf.display()
+    );
+    // The test layout deletes a file in its second layer (tests/trixie/make-oci-layout.py).
+    assert!(whiteouts > 0, "no whiteout in the flat layers");
 }
