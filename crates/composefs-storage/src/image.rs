@@ -364,17 +364,23 @@ impl Image {
             .chain(self.meta.mapped_layers.iter())
             .collect();
         let chains = self.snap.chains();
-        let mut size = match tops[..] {
+        let size = match tops[..] {
             // One chain: its size was summed once for the whole forest.
             [top] => chains
                 .chain_size(top)
                 .unwrap_or_else(|| self.walked_size(&tops)),
             _ => self.walked_size(&tops),
         };
-        for v in self.meta.big_data_sizes.values() {
-            size = size.saturating_add(u64::try_from(*v).unwrap_or(0));
-        }
-        size
+        size.saturating_add(self.big_data_size())
+    }
+
+    /// The summed sizes of the image's big-data items (manifests, config, signatures).
+    pub fn big_data_size(&self) -> u64 {
+        self.meta
+            .big_data_sizes
+            .values()
+            .map(|v| u64::try_from(*v).unwrap_or(0))
+            .sum()
     }
 
     /// [`Image::size`], or `None` if a layer chain of the image is longer than this crate

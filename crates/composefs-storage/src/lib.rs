@@ -111,6 +111,7 @@
 
 mod chains;
 pub mod config;
+pub mod disk_usage;
 pub mod error;
 pub mod export;
 mod fsutil;

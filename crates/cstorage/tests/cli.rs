@@ -617,3 +617,135 @@ fn deep_chains_with_many_images_take_linear_memory() {
     let e = fails(cstorage(&store).args(["image", "inspect", &deep]));
     assert!(e.contains("longer than"), "{e}");
 }
+
+/// `--format` templates, `df -v` and the container fields against Debian 12's podman 4.3 on
+/// a store with podman-created containers. (Filters are compared with podman 5 in
+/// modern.rs; podman 4.3 differs there in two ways the README lists.)
+#[test]
+fn templates_and_df_match_podman4() {
+    let f = fixture();
+    let store = TestStore::new();
+    for (src, name) in [
+        ("base", "localhost/base:latest"),
+        ("app1", "localhost/app1:latest"),
+        ("app1", "docker.io/library/again:v1"),
+    ] {
+        store.copy_in(&format!("oci:{}:{src}", f.layout.display()), name, &[]);
+    }
+    for (n, img) in [
+        ("c1", "localhost/app1:latest"),
+        ("c2", "localhost/base:latest"),
+    ] {
+        testutil::run(
+            store
+                .podman()
+                .args(["create", "--name", n, "--network", "none", img, "/x"]),
+        );
+    }
+    let sorted = |b: Vec<u8>| {
+        let mut v: Vec<String> = String::from_utf8_lossy(&b)
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let ours = |args: &[&str]| sorted(cstorage(&store).args(args).output().unwrap().stdout);
+    let podman = |args: &[&str]| sorted(testutil::run(store.podman().args(args)).stdout);
+    for t in [
+        "table {{.ID}}\\t{{.Repository}}\\t{{.Tag}}\\t{{.Size}}\\t{{.CreatedAt}}\\t{{.Digest}}",
+        "{{.ID}}|{{.Labels}}|{{.Names}}|{{.History}}|{{.Containers}}|{{.VirtualSize}}|{{.ParentId}}|{{.Dangling}}",
+        "{{range .RepoDigests}}{{.}},{{end}} {{lower .Repository}} {{printf \"%.4s\" .Tag}}",
+    ] {
+        assert_eq!(
+            ours(&["images", "--format", t]),
+            podman(&["images", "--format", t]),
+            "{t}"
+        );
+    }
+    let t = "{{.ID}} {{.Names}} {{.Image}} {{.ImageID}} {{.Labels}}";
+    assert_eq!(
+        ours(&["containers", "--format", t]),
+        podman(&["ps", "-a", "--format", t])
+    );
+    let t = "{{.Id}} {{.RepoTags}} {{.Size}} {{.Config.Cmd}} {{.RootFS.Layers}} {{.Parent}}";
+    assert_eq!(
+        ours(&["image", "inspect", "--format", t, "localhost/app1"]),
+        podman(&["image", "inspect", "--format", t, "localhost/app1"])
+    );
+    // df -v: the images table (CREATED is a human duration: left out).
+    let rows = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .take_while(|l| !l.starts_with("Containers space usage"))
+            .filter(|l| !l.is_empty() && !l.starts_with("Images space usage"))
+            .map(|l| {
+                let c: Vec<&str> = l
+                    .split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                [&c[..3], &c[4..]].concat().join("|")
+            })
+            .collect()
+    };
+    let unsorted = |b: Vec<u8>| -> Vec<String> {
+        String::from_utf8_lossy(&b)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let mut a = rows(unsorted(
+        cstorage(&store).args(["df", "-v"]).output().unwrap().stdout,
+    ));
+    let mut b = rows(unsorted(
+        testutil::run(store.podman().args(["system", "df", "-v"])).stdout,
+    ));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert!(
+        a.iter().any(|r| r.contains("|1")),
+        "a container is counted: {a:?}"
+    );
+}
+
+#[test]
+fn completions_load_and_the_man_page_renders() {
+    let bin = env!("CARGO_BIN_EXE_cstorage");
+    let o = testutil::run(Command::new("bash").arg("-c").arg(format!(
+        "source <({bin} completions bash) && complete -p cstorage"
+    )));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("_cstorage"),
+        "{o:?}"
+    );
+    // bash: what Tab after `cstorage ima` offers.
+    let o = testutil::run(Command::new("bash").arg("-c").arg(format!(
+        "source <({bin} completions bash); COMP_WORDS=(cstorage ima); COMP_CWORD=1; _cstorage cstorage ima cstorage; echo \"${{COMPREPLY[@]}}\""
+    )));
+    let offered = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        offered.contains("images") && offered.contains("image"),
+        "{offered}"
+    );
+    testutil::require_tool("zsh");
+    let o = testutil::run(Command::new("zsh").arg("-fc").arg(format!(
+        "autoload -Uz compinit && compinit -u -D && source <({bin} completions zsh) && print -r -- ${{_comps[cstorage]}}"
+    )));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "_cstorage",
+        "{o:?}"
+    );
+    let o = testutil::run(Command::new("sh").arg("-c").arg(format!(
+        "{bin} man > /tmp/cstorage.1.$$ && MANWIDTH=100 man -l /tmp/cstorage.1.$$; rc=$?; rm -f /tmp/cstorage.1.$$; exit $rc"
+    )));
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains("NAME") && page.contains("cstorage"), "{page}");
+    assert!(
+        page.contains("images") && page.contains("--storage-opt"),
+        "{page}"
+    );
+    let v = stdout_of(Command::new(bin).arg("--version"));
+    assert!(v.starts_with("cstorage 0."), "{v}");
+}
