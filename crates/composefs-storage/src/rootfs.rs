@@ -1547,6 +1547,48 @@ impl Image {
 mod tests {
     use super::*;
 
+    #[test]
+    fn names_of_one_layer_directory() {
+        let td = tempfile::tempdir().unwrap();
+        for f in [
+            "file",
+            ".wh.gone",
+            ".wh..wh..opq",
+            ".wh..wh.plnk",
+            ".wh.",
+            "both",
+            ".wh.both",
+        ] {
+            std::fs::write(td.path().join(f), b"").unwrap();
+        }
+        std::fs::create_dir(td.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink("file", td.path().join("link")).unwrap();
+        let dir = Dir::open_ambient_dir(td.path(), cap_std::ambient_authority()).unwrap();
+        // Opened for reading, as layer directories are (cap-std's own handle is O_PATH).
+        let ldir = LDir::Disk(Arc::new(fsutil::open_dir(&dir, Path::new(".")).unwrap()));
+        let mut got = Vec::new();
+        for fresh in [false, true] {
+            got.clear();
+            for_each_name(&ldir, fresh, &mut Vec::new(), |n, c| {
+                got.push((String::from_utf8(n.to_vec()).unwrap(), c))
+            })
+            .unwrap();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(
+                got,
+                [
+                    ("both".to_string(), NameClass::Entry(FileKind::Regular)),
+                    ("both".to_string(), NameClass::WhiteoutFile),
+                    ("dir".to_string(), NameClass::Entry(FileKind::Directory)),
+                    ("file".to_string(), NameClass::Entry(FileKind::Regular)),
+                    ("gone".to_string(), NameClass::WhiteoutFile),
+                    ("link".to_string(), NameClass::Entry(FileKind::Symlink)),
+                ]
+            );
+        }
+        assert!(ldir.is_opaque().unwrap());
+    }
+
     fn md() -> Metadata {
         Metadata {
             kind: FileKind::Regular,
