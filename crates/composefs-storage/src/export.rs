@@ -104,6 +104,10 @@ pub struct ExportReport {
     pub bytes: u64,
     /// Files whose content was copied.
     pub files: u64,
+    /// Of those, files moved without passing through user space (`copy_file_range`,
+    /// `splice`, `sendfile`): only with [`Verify::None`], for files of 128 KiB or more, to
+    /// a file descriptor that takes them.
+    pub zero_copied_files: u64,
     /// The sha256 of the stream, when it was computed ([`Verify::Digest`]).
     pub digest: Option<Digest>,
     /// True if the tar was rebuilt from tar-split (byte-identical to the original layer);
@@ -391,6 +395,7 @@ impl Layer {
         let mut getter = FileGetter::new(self)?;
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
         let mut files = 0u64;
+        let mut zero_copied = 0u64;
         let verify_crc = opts.verify != Verify::None;
         loop {
             let entry = reader.next_raw()?;
@@ -419,7 +424,10 @@ impl Layer {
                         Ok(false)
                     };
                     let r = match moved {
-                        Ok(true) => Ok(()),
+                        Ok(true) => {
+                            zero_copied += 1;
+                            Ok(())
+                        }
                         Ok(false) => {
                             if verify_crc {
                                 crc.reset();
@@ -486,6 +494,7 @@ impl Layer {
             layer: self.id().to_string(),
             bytes,
             files,
+            zero_copied_files: zero_copied,
             digest,
             reproducible: true,
         })

@@ -363,6 +363,7 @@ pub(crate) fn generate(
         layer: layer.id().to_string(),
         bytes: g.written,
         files: g.files,
+        zero_copied_files: 0,
         digest: None,
         reproducible: false,
     })
