@@ -35,7 +35,23 @@ pub fn big_data_file_name(key: &str) -> std::result::Result<String, String> {
     Ok(name)
 }
 
-/// An image of the store.
+/// An image of the store: a cheap handle on its record, from [`Storage::list_images`],
+/// [`Storage::find_image`] or [`Storage::images_by_digest`]. Its manifest, config and layers
+/// are read when asked for.
+///
+/// ```no_run
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
+/// let image = storage.find_image("quay.io/fedora/fedora:latest")?;
+/// println!("{} {:?} {:?}", image.id(), image.names(), image.manifest_digest());
+/// let config = image.config()?;                 // oci_spec ImageConfiguration
+/// println!("{}/{}", config.os(), config.architecture());
+/// for layer in image.layers()? {                // base first, checked against the DiffIDs
+///     println!("{} {:?}", layer.id(), layer.diff_size());
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Image {
     storage: Storage,

@@ -276,8 +276,24 @@ pub enum OutputKind {
     File,
 }
 
-/// An output opened by the rules of this module. Write to it (or to [`OutputFile::fd`]),
+/// An output opened by the rules of this module. Write to it (or to [`OutputFile::file`] or its `as_fd()`),
 /// then [`OutputFile::commit`]; dropped without commit, nothing of it remains.
+///
+/// ```no_run
+/// use std::io::Write;
+/// use std::path::Path;
+/// use composefs_storage::OutputFile;
+/// # fn main() -> composefs_storage::Result<()> {
+/// // `-` is standard output; a regular file is written under a temporary name.
+/// let mut out = OutputFile::create(Path::new("report.txt"))?;
+/// out.write_all(b"done\n").map_err(|e| composefs_storage::StorageError::Io {
+///     path: out.name().to_path_buf(),
+///     source: e,
+/// })?;
+/// out.commit()?; // renamed over report.txt (mode and owner of an old one kept)
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct OutputFile {
     file: File,

@@ -366,7 +366,25 @@ pub struct StoreCounts {
     pub containers: usize,
 }
 
-/// An open containers-storage store (overlay driver), read-only.
+/// An open containers-storage store (overlay driver), read-only. Cloning it is cheap (the
+/// directory handles and cached records are shared), and it can be used from several
+/// threads.
+///
+/// ```no_run
+/// use composefs_storage::{Storage, StorageConfig};
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = Storage::discover()?;                         // as podman finds it
+/// let mut config = StorageConfig::for_graphroot("/srv/store"); // or set up explicitly
+/// config.set_driver_options(vec!["overlay.mount_program=/usr/bin/fuse-overlayfs".into()]);
+/// let other = Storage::open_with_config(&config)?;
+/// for image in storage.list_images()? {
+///     println!("{} {:?}", image.id(), image.names());
+/// }
+/// let layer = other.find_layer("sha256:4abcf2066143")?;      // ID, prefix, name or digest
+/// println!("{:?}", layer.diff_size());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub(crate) inner: Arc<Inner>,
@@ -452,8 +470,50 @@ impl Storage {
     /// Opens the store described by `config`.
     pub fn open_with_config(config: &StorageConfig) -> Result<Storage> {
         config.check_driver()?;
+        let graph = open_root(&config.graphroot, "graph root")?;
+        Self::open_graph(config, graph)
+    }
+
+    /// Opens the store whose graph root is the directory handle `root`, for a caller that
+    /// holds a capability for it (a cap-std [`Dir`]) rather than a path. Nothing in the
+    /// store is reached except through `root`: no path is resolved, and the store's files
+    /// are opened beneath it as with [`Storage::open`]. The path used in messages is the
+    /// one the kernel reports for the handle (`/proc/self/fd`), or `<graph root>`.
+    ///
+    /// ```no_run
+    /// use cap_std::fs::Dir;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let root = Dir::open_ambient_dir("/var/lib/containers/storage",
+    ///                                  cap_std::ambient_authority())?;
+    /// let storage = composefs_storage::Storage::from_dir(root)?;
+    /// println!("{} images", storage.list_images()?.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_dir(root: Dir) -> Result<Storage> {
+        let path = fd_path(&root);
+        Self::from_dir_with_config(root, &StorageConfig::for_graphroot(&path))
+    }
+
+    /// Like [`Storage::from_dir`], with the other settings of `config` (run root, driver
+    /// options such as `overlay.imagestore` or `overlay.mount_program`, additional image
+    /// stores, transient store). `config.graphroot` is used only in messages: the graph
+    /// root is `root`. Directories `config` names besides the graph root (run root,
+    /// imagestore, additional image stores) are opened by path, as
+    /// [`Storage::open_with_config`] does.
+    pub fn from_dir_with_config(root: Dir, config: &StorageConfig) -> Result<Storage> {
+        config.check_driver()?;
+        crate::userns::register_root(std::os::fd::AsFd::as_fd(&root));
+        let graph = NamedDir {
+            dir: root,
+            path: config.graphroot.clone(),
+        };
+        Self::open_graph(config, graph)
+    }
+
+    fn open_graph(config: &StorageConfig, graph: NamedDir) -> Result<Storage> {
         let overlay = config.overlay_options()?;
-        let graph = Arc::new(open_root(&config.graphroot, "graph root")?);
+        let graph = Arc::new(graph);
         let imagestore = match &config.imagestore {
             Some(p) => match open_root(p, "imagestore") {
                 Ok(d) => Some(Arc::new(d)),
@@ -970,6 +1030,62 @@ impl Storage {
         Err(StorageError::LayerNotFound(query.into()))
     }
 
+    /// Finds the layer of each DiffID (uncompressed layer digest, as in an image config's
+    /// `rootfs.diff_ids`) in one pass over the layer records: the answer has one entry per
+    /// digest asked, in the same order, `None` where no layer has that DiffID. A layer's
+    /// DiffID is its `diff-digest`, or for a layer known only by its table of contents the
+    /// DiffID c/image expects of it (as [`Layer::diff_id`]). Where several layers share a
+    /// DiffID (the same tar applied on different parents), the first is given, in the order
+    /// of [`Storage::list_layers`] (primary store first), as [`Storage::find_layer`] does; to
+    /// resolve an image's layers along its chain, use [`Image::layers`].
+    ///
+    /// ```no_run
+    /// use composefs_storage::Digest;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
+    /// let config = storage.find_image("alpine")?.config()?;
+    /// let diff_ids = config.rootfs().diff_ids().iter()
+    ///     .map(|d| d.parse::<Digest>())
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let layers = storage.resolve_diff_ids(&diff_ids)?;
+    /// for (diff_id, layer) in diff_ids.iter().zip(&layers) {
+    ///     println!("{diff_id} {:?}", layer.as_ref().map(|l| l.id()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn resolve_diff_ids(&self, diff_ids: &[Digest]) -> Result<Vec<Option<Layer>>> {
+        let snap = self.snapshot()?;
+        let wanted: HashMap<&Digest, Vec<usize>> =
+            diff_ids
+                .iter()
+                .enumerate()
+                .fold(HashMap::new(), |mut m, (i, d)| {
+                    m.entry(d).or_default().push(i);
+                    m
+                });
+        let mut out: Vec<Option<Layer>> = vec![None; diff_ids.len()];
+        let mut left = wanted.len();
+        for (si, m) in snap.all_layers() {
+            if left == 0 {
+                break;
+            }
+            let Some(d) = m.diff_id() else { continue };
+            let Some(positions) = wanted.get(&d) else {
+                continue;
+            };
+            if out[positions[0]].is_some() {
+                continue;
+            }
+            let layer = self.make_layer(&snap, si, m);
+            for &p in positions {
+                out[p] = Some(layer.clone());
+            }
+            left -= 1;
+        }
+        Ok(out)
+    }
+
     /// For each layer ID, how many images have it in their layer chain: linear in the
     /// number of layers and images, whatever the depth of the chains.
     pub fn layer_user_counts(&self) -> Result<HashMap<String, usize>> {
@@ -1053,6 +1169,13 @@ impl LayerUsers {
             .map(|&i| self.lists[i].len())
             .unwrap_or(0)
     }
+}
+
+/// The path the kernel reports for an open directory, for messages only.
+fn fd_path(dir: &Dir) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .unwrap_or_else(|_| PathBuf::from("<graph root>"))
 }
 
 /// The repository (`domain/path`) of a stored name, if it parses.

@@ -163,7 +163,9 @@ fn fd_stream_reassembles_the_layer() {
                     size,
                     name: n,
                     crc,
+                    layer,
                 } => {
+                    assert_eq!(&*layer, l.id(), "{n:?}");
                     let mut f = std::fs::File::from(fd);
                     let mut content = Vec::new();
                     f.read_to_end(&mut content).unwrap();
