@@ -56,6 +56,8 @@
 //! - [`mod@reference`]: image reference parsing and docker.io normalization.
 //! - [`rootfs`]: [`RootFs`], an image's merged root filesystem (whiteouts, opaque
 //!   directories, symlinks resolved inside the image) read from its layers without mounting.
+//! - [`unpack`]: writing a [`RootFs`] into a directory (like `umoci unpack`), safely
+//!   beneath it.
 //! - [`userns`]: whether this process can read every file of a rootless store.
 //! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
 //!
@@ -83,6 +85,7 @@ pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
 mod toc;
+pub mod unpack;
 pub mod userns;
 pub mod verify;
 

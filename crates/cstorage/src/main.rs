@@ -7,6 +7,7 @@ mod export;
 mod fmt;
 mod ls;
 mod rootfs;
+mod unpack;
 mod views;
 
 use std::io::Write;
@@ -43,7 +44,8 @@ struct Cli {
     /// repeatable).
     #[arg(long, global = true, value_name = "OPTION")]
     storage_opt: Vec<String>,
-    /// Output format: table or json; for `image export`: oci, oci-archive or docker-archive.
+    /// Output format: table or json; for `image export`: oci, oci-archive, docker-archive or
+    /// rootfs-tar.
     #[arg(long, global = true, value_name = "FORMAT")]
     format: Option<String>,
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
@@ -128,12 +130,57 @@ enum Command {
         /// The image compared to.
         image_b: String,
     },
+    /// Write an image's merged root filesystem into a new or empty directory, as
+    /// `umoci unpack` lays it out (owners kept as root; as another user recorded in the
+    /// `user.rootlesscontainers` xattr, as `umoci unpack --rootless` does).
+    Unpack {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The directory to write (created if missing; must be empty if present).
+        dir: PathBuf,
+        #[command(flatten)]
+        write: UnpackArgs,
+    },
+    /// Copy a file, symlink or directory tree out of an image (`podman cp` rules for
+    /// trailing slashes and existing destinations; DEST `-` writes a tar to standard output).
+    Cp {
+        /// IMAGE:PATH (symlinks before the last component are followed inside the image).
+        src: String,
+        /// Destination path on the host, or `-`.
+        dest: PathBuf,
+        #[command(flatten)]
+        write: UnpackArgs,
+    },
     /// List containers.
     Containers {
         /// Print only container IDs.
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+/// Options of `unpack` and `cp`.
+#[derive(clap::Args, Debug)]
+struct UnpackArgs {
+    /// Threads writing files (default: number of CPUs).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    jobs: usize,
+    /// Leave every file owned by the caller and record no owner.
+    #[arg(long)]
+    no_owners: bool,
+    /// Do not check each file's size and CRC-64 against its layer's tar-split.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+impl UnpackArgs {
+    fn opts(&self) -> unpack::WriteOpts {
+        unpack::WriteOpts {
+            jobs: self.jobs,
+            no_owners: self.no_owners,
+            no_verify: self.no_verify,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,6 +382,10 @@ fn run(cli: Cli) -> Result<()> {
                 )?;
             }
         }
+        Command::Image(ImageCommand::Export { images, output, .. })
+            if cli.format.as_deref() == Some("rootfs-tar") => {
+            unpack::rootfs_tar(&storage, images, output, false)?;
+        }
         Command::Image(ImageCommand::Export {
             images,
             output,
@@ -464,6 +515,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Diff { image_a, image_b } => {
             rootfs::diff(&storage, image_a, image_b, format == Format::Json, &mut out)?
         }
+        Command::Unpack { image, dir, write } => {
+            unpack::unpack(&storage, image, dir, &write.opts())?
+        }
+        Command::Cp { src, dest, write } => unpack::cp(&storage, src, dest, &write.opts())?,
         Command::Containers { quiet } => {
             let ctrs = storage.list_containers()?;
             if *quiet {
