@@ -1218,8 +1218,7 @@ impl Iterator for Walk<'_> {
     type Item = Result<WalkEntry>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_with_source()
-            .map(|r| r.map(|(entry, _)| entry))
+        self.next_with_source().map(|r| r.map(|(entry, _)| entry))
     }
 }
 
@@ -1262,10 +1261,9 @@ impl Source {
                 )?;
                 fsutil::fd_xattrs(fd)
             }
-            (Some(n), FileKind::Directory) => fsutil::fd_xattrs(fsutil::open_dir_nofollow(
-                dir,
-                Path::new(os(n)),
-            )?),
+            (Some(n), FileKind::Directory) => {
+                fsutil::fd_xattrs(fsutil::open_dir_nofollow(dir, Path::new(os(n)))?)
+            }
             _ => Ok(Vec::new()),
         }
     }
@@ -1291,10 +1289,7 @@ impl Walk<'_> {
             None => fs.entry_metadata(step.layer, &step.dir, &step.name, st),
         };
         let source = match step.top_dir {
-            Some(d) => Source {
-                dir: d,
-                name: None,
-            },
+            Some(d) => Source { dir: d, name: None },
             None => Source {
                 dir: step.dir,
                 name: Some(step.name),

@@ -224,7 +224,7 @@ fn keep_xattr(name: &[u8]) -> bool {
 fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = [0u8; 1024];
     match rustix::fs::flistxattr(fd, &mut names[..]) {
-        Ok(0) | Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Ok(0) | Err(Errno::NOTSUP) => Ok(Vec::new()),
         Ok(n) => {
             let mut out = Vec::new();
             let mut value = vec![0u8; 4096];
@@ -333,7 +333,12 @@ impl Ctx<'_> {
 
     /// Sets owner (or its rootless record), mode, extended attributes and times on `fd`
     /// (a regular file or directory opened for it).
-    fn finish_fd(&self, fd: BorrowedFd<'_>, md: &Metadata, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    fn finish_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        md: &Metadata,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattrs.to_vec();
         match self.owners {
             Owners::Set => rustix::fs::fchown(
@@ -377,14 +382,11 @@ impl Ctx<'_> {
     }
 
     fn write_file(&self, job: &Job) -> Result<()> {
-        let src = job
-            .src
-            .open_file()
-            .map_err(|e| StorageError::ImagePath {
-                image: self.image.clone(),
-                path: job.image_path.display().to_string(),
-                source: e,
-            })?;
+        let src = job.src.open_file().map_err(|e| StorageError::ImagePath {
+            image: self.image.clone(),
+            path: job.image_path.display().to_string(),
+            source: e,
+        })?;
         let name = Path::new(OsStr::from_bytes(&job.name));
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -401,7 +403,8 @@ impl Ctx<'_> {
             }
         };
         let expect = self.expected(&job.md, &job.image_path);
-        let (n, cloned) = copy_data(&src, &dst, job.md.size, expect.is_some()).map_err(|e| self.io_err(&job.rel, e))?;
+        let (n, cloned) = copy_data(&src, &dst, job.md.size, expect.is_some())
+            .map_err(|e| self.io_err(&job.rel, e))?;
         if let (Some((layer, size, crc)), Some(got)) = (&expect, n.1) {
             if n.0 != *size {
                 return Err(StorageError::Integrity {
@@ -482,11 +485,19 @@ fn remove_existing(parent: &OwnedFd, name: &Path) -> io::Result<()> {
 
 /// Copies `size` bytes: `FICLONE` if possible, else `copy_file_range`, else read/write.
 /// Returns ((bytes, CRC-64 if `crc`), cloned).
-fn copy_data(src: &File, dst: &OwnedFd, size: u64, crc: bool) -> io::Result<((u64, Option<u64>), bool)> {
+fn copy_data(
+    src: &File,
+    dst: &OwnedFd,
+    size: u64,
+    crc: bool,
+) -> io::Result<((u64, Option<u64>), bool)> {
     if size > 0 && rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         let sum = if crc { Some(crc_of(src)?) } else { None };
         let n = rustix::fs::fstat(dst)?.st_size as u64;
-        return Ok(((n.max(sum.map(|s| s.0).unwrap_or(0)), sum.map(|s| s.1)), true));
+        return Ok((
+            (n.max(sum.map(|s| s.0).unwrap_or(0)), sum.map(|s| s.1)),
+            true,
+        ));
     }
     if crc {
         // One pass: read, sum, write.
@@ -524,7 +535,10 @@ fn copy_data(src: &File, dst: &OwnedFd, size: u64, crc: bool) -> io::Result<((u6
                     total += n as u64;
                     continue;
                 }
-                Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP)
+                Err(Errno::XDEV)
+                | Err(Errno::INVAL)
+                | Err(Errno::NOSYS)
+                | Err(Errno::OPNOTSUPP)
                     if total == 0 =>
                 {
                     cfr = false;
@@ -572,6 +586,9 @@ fn crc_of(f: &File) -> io::Result<(u64, u64)> {
     Ok((off, digest.finalize()))
 }
 
+/// The directories made (walk order) and the hard links to make (first name, other name).
+type Made = (Vec<MadeDir>, Vec<(PathBuf, PathBuf)>);
+
 /// A directory made, for its metadata at the end.
 struct MadeDir {
     rel: PathBuf,
@@ -608,11 +625,7 @@ pub fn unpack(
     let (base, prefix): (BorrowedFd<'_>, PathBuf) = match target {
         Target::Into(d) => (d, PathBuf::new()),
         Target::As { parent, name } => {
-            if name.is_empty()
-                || name == "."
-                || name == ".."
-                || name.as_bytes().contains(&b'/')
-            {
+            if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
                 return Err(StorageError::io(
                     target_display,
                     io::Error::new(io::ErrorKind::InvalidInput, "not a single file name"),
@@ -653,7 +666,7 @@ pub fn unpack(
         opts.jobs
     };
     let mut report = UnpackReport::default();
-    let walked = std::thread::scope(|s| -> Result<(Vec<MadeDir>, Vec<(PathBuf, PathBuf)>)> {
+    let walked = std::thread::scope(|s| -> Result<Made> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
         let rx = Arc::new(Mutex::new(rx));
         let ctx = &ctx;
@@ -680,7 +693,8 @@ pub fn unpack(
         }
         let r = walk_and_make(ctx, &rootfs, from, &prefix, &mut report, |job| {
             if jobs > 1 {
-                tx.send(job).map_err(|_| StorageError::io(&ctx.display, errno(libc::EPIPE)))
+                tx.send(job)
+                    .map_err(|_| StorageError::io(&ctx.display, errno(libc::EPIPE)))
             } else {
                 ctx.write_file(&job)
             }
@@ -760,7 +774,7 @@ fn walk_and_make(
     prefix: &Path,
     report: &mut UnpackReport,
     mut send: impl FnMut(Job) -> Result<()>,
-) -> Result<(Vec<MadeDir>, Vec<(PathBuf, PathBuf)>)> {
+) -> Result<Made> {
     // A symlink named as the source is written as a symlink (intermediate ones are followed
     // inside the image).
     let top = rootfs.lstat(from)?;
@@ -840,11 +854,7 @@ fn walk_and_make(
                     Err(e) => return Err(ctx.io_err(&rel, e.into())),
                 }
                 report.dirs += 1;
-                dirs.push(MadeDir {
-                    rel,
-                    md,
-                    src,
-                });
+                dirs.push(MadeDir { rel, md, src });
             }
             FileKind::Regular => {
                 if md.nlink > 1 {
@@ -922,7 +932,13 @@ fn walk_and_make(
 /// Owner, mode (if `chmod`) and times of a symlink or special file, by name (they cannot be
 /// opened for writing). The name was just made by this process in a parent that has no
 /// symlink on its path.
-fn set_meta_at(ctx: &Ctx<'_>, parent: &OwnedFd, name: &Path, md: &Metadata, chmod: bool) -> io::Result<()> {
+fn set_meta_at(
+    ctx: &Ctx<'_>,
+    parent: &OwnedFd,
+    name: &Path,
+    md: &Metadata,
+    chmod: bool,
+) -> io::Result<()> {
     if ctx.owners == Owners::Set {
         rustix::fs::chownat(
             parent,
@@ -1078,9 +1094,9 @@ pub fn write_tar(
                 }
             }
             if h.entry_type == EntryType::Regular {
-                let s = src.as_ref().ok_or_else(|| {
-                    StorageError::io(&entry.path, errno(libc::EIO))
-                })?;
+                let s = src
+                    .as_ref()
+                    .ok_or_else(|| StorageError::io(&entry.path, errno(libc::EIO)))?;
                 let f = s.open_file().map_err(|e| StorageError::ImagePath {
                     image: image.id().to_string(),
                     path: entry.path.display().to_string(),
@@ -1090,7 +1106,8 @@ pub fn write_tar(
                     .map_err(|e| StorageError::io(&entry.path, e.into()))?
                     .st_size as u64;
                 if s.on_disk() {
-                    h.xattrs = read_xattrs(f.as_fd()).map_err(|e| StorageError::io(&entry.path, e))?;
+                    h.xattrs =
+                        read_xattrs(f.as_fd()).map_err(|e| StorageError::io(&entry.path, e))?;
                 }
                 file = Some(f);
             }
@@ -1146,7 +1163,10 @@ pub fn write_tar(
                         return Err(StorageError::Integrity {
                             layer,
                             file: entry.path.display().to_string(),
-                            message: format!("file is {} bytes on disk, the tar records {size}", h.size),
+                            message: format!(
+                                "file is {} bytes on disk, the tar records {size}",
+                                h.size
+                            ),
                         });
                     }
                     let got = digest.finalize();
@@ -1187,15 +1207,17 @@ mod tests {
             rootless_xattr(1000, 0).unwrap(),
             [0x08, 0xe8, 0x07, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f]
         );
-        assert_eq!(
-            rootless_xattr(1, 2).unwrap(),
-            [0x08, 0x01, 0x10, 0x02]
-        );
+        assert_eq!(rootless_xattr(1, 2).unwrap(), [0x08, 0x01, 0x10, 0x02]);
     }
 
     #[test]
     fn xattr_filter() {
-        for k in ["user.foo", "security.capability", "trusted.x", "security.ima"] {
+        for k in [
+            "user.foo",
+            "security.capability",
+            "trusted.x",
+            "security.ima",
+        ] {
             assert!(keep_xattr(k.as_bytes()), "{k}");
         }
         for k in [

@@ -165,7 +165,7 @@ struct UnpackArgs {
     /// Threads writing files (default: number of CPUs).
     #[arg(long, default_value_t = 0, value_name = "N")]
     jobs: usize,
-    /// Leave every file owned by the caller and record no owner.
+    /// Leave every file owned by the caller and record no owner (`cp` always does).
     #[arg(long)]
     no_owners: bool,
     /// Do not check each file's size and CRC-64 against its layer's tar-split.
@@ -383,7 +383,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Image(ImageCommand::Export { images, output, .. })
-            if cli.format.as_deref() == Some("rootfs-tar") => {
+            if cli.format.as_deref() == Some("rootfs-tar") =>
+        {
             unpack::rootfs_tar(&storage, images, output, false)?;
         }
         Command::Image(ImageCommand::Export {

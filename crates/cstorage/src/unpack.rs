@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use composefs_storage::Storage;
-use composefs_storage::unpack::{Owners, Target, UnpackOptions, UnpackReport, unpack as lib_unpack};
+use composefs_storage::unpack::{
+    Owners, Target, UnpackOptions, UnpackReport, unpack as lib_unpack,
+};
 
 /// Options shared by `unpack` and `cp`.
 pub struct WriteOpts {
@@ -229,24 +231,30 @@ fn base_name(p: &str) -> Option<Vec<u8>> {
 /// * a directory to a missing DEST is written as DEST; to an existing directory goes into it
 ///   under its own name, or, when PATH ends in `/.`, its contents go into it; to an existing
 ///   file is an error;
-/// * DEST `-` writes a tar of PATH (named by its last component) to standard output.
+/// * DEST `-` writes a tar of PATH (named by its last component; for `DIR/.`, its
+///   contents) to standard output;
+/// * a symlink named as PATH is followed inside the image; symlinks below it are copied as
+///   symlinks; files are left owned by the caller (as `podman cp` leaves them).
 pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()> {
     let (img, path) = split_image_path(storage, src)?;
-    let path = if path.is_empty() { "/".to_string() } else { path };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
     let abs = if path.starts_with('/') {
         path.clone()
     } else {
         format!("/{path}")
     };
     let contents = abs.ends_with("/.") || abs == "/";
+    // As `podman cp`, a symlink named as the source is followed (inside the image).
     let rootfs = img.rootfs()?;
-    let md = rootfs.lstat(&abs)?;
-    let is_dir = rootfs
-        .stat(&abs)
-        .map(|m| m.kind == composefs_storage::rootfs::FileKind::Directory)
-        .unwrap_or(false)
-        && md.kind == composefs_storage::rootfs::FileKind::Directory;
+    let real = rootfs.canonicalize(&abs)?;
+    let is_dir = rootfs.lstat(&real)?.kind == composefs_storage::rootfs::FileKind::Directory;
     drop(rootfs);
+    let abs = real.to_string_lossy().into_owned();
+    // Named, as by `podman cp`, after what the path resolves to.
     let name = base_name(&abs).unwrap_or_else(|| b".".to_vec());
     if dest == Path::new("-") {
         if std::io::stdout().is_terminal() {
@@ -254,21 +262,17 @@ pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()
         }
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(256 << 10, stdout.lock());
-        composefs_storage::unpack::write_tar(
-            &img,
-            Path::new(&abs),
-            Some(&name),
-            &mut out,
-            !o.no_verify,
-        )?;
+        let prefix = (!(contents && is_dir)).then_some(name.as_slice());
+        composefs_storage::unpack::write_tar(&img, &real, prefix, &mut out, !o.no_verify)?;
         out.flush().context("writing standard output")?;
         return Ok(());
     }
     let dest_s = dest.as_os_str().as_bytes();
     let trailing = dest_s.ends_with(b"/");
     let existing = std::fs::metadata(dest).ok();
-    let opts = options(o, true);
-    let mut opts = opts;
+    // As `podman cp`, files are left owned by the caller.
+    let mut opts = options(o, true);
+    opts.owners = Owners::Drop;
     let progress = Progress::new(
         None,
         format!("cp {}", crate::fmt::short_id(img.id())),
@@ -329,9 +333,17 @@ pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()
 }
 
 /// `cstorage image export IMAGE --format rootfs-tar -o FILE|-`.
-pub fn rootfs_tar(storage: &Storage, images: &[String], output: &Path, no_verify: bool) -> Result<()> {
+pub fn rootfs_tar(
+    storage: &Storage,
+    images: &[String],
+    output: &Path,
+    no_verify: bool,
+) -> Result<()> {
     let [image] = images else {
-        bail!("--format rootfs-tar exports one image, not {}", images.len());
+        bail!(
+            "--format rootfs-tar exports one image, not {}",
+            images.len()
+        );
     };
     let img = storage.find_image(image)?;
     if output == Path::new("-") {
