@@ -148,41 +148,37 @@ pub fn unpack(storage: &Storage, image: &str, dir: &Path, o: &WriteOpts) -> Resu
         }
         Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
     };
-    let result = (|| -> Result<UnpackReport> {
-        let d = open_dir(dir)?;
-        let mut opts = options(o, false);
-        let progress = Progress::new(
-            Some(img.size()),
-            format!("unpack {}", crate::fmt::short_id(img.id())),
-            &mut opts,
-        );
-        let r = lib_unpack(&img, Path::new("/"), Target::Into(d.as_fd()), dir, &opts)
-            .map_err(|e| anyhow::Error::new(e).context(progress.so_far()));
-        progress.done();
-        r
-    })();
+    let mut opts = options(o, false);
+    let progress = Progress::new(
+        Some(img.size()),
+        format!("unpack {}", crate::fmt::short_id(img.id())),
+        &mut opts,
+    );
+    let result = open_dir(dir).and_then(|d| {
+        lib_unpack(&img, Path::new("/"), Target::Into(d.as_fd()), dir, &opts)
+            .map_err(anyhow::Error::new)
+    });
+    progress.done();
     match result {
         Ok(r) => {
             warn_report(&r);
             Ok(())
         }
         Err(e) => {
-            // The error's context is how far it got; say what happened to the tree.
-            let far = e.to_string();
-            let cause = e.root_cause().to_string();
+            let far = progress.so_far();
             if created {
                 let removed = match remove_tree(dir) {
                     Ok(()) => format!("removed {}", dir.display()),
                     Err(re) => format!("removing {} failed too: {re}", dir.display()),
                 };
                 bail!(
-                    "unpacking image {} into {}: {cause} ({far}; {removed})",
+                    "unpacking image {} into {}: {e:#} ({far}; {removed})",
                     img.id(),
                     dir.display()
                 )
             } else {
                 bail!(
-                    "unpacking image {} into {}: {cause} ({far}; {} holds a partial tree)",
+                    "unpacking image {} into {}: {e:#} ({far}; {} holds a partial tree)",
                     img.id(),
                     dir.display(),
                     dir.display()

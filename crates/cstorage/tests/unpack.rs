@@ -419,3 +419,424 @@ fn cp_to_stdout_matches_podman() {
         );
     }
 }
+
+/// Layers of the extra images: `xa` (extended attributes on files and a directory, a
+/// set-user-ID file with a capability, hard links), `big` (a 1 MiB file) and `many` (2000
+/// files, for killing an unpack half-way).
+const EXTRA_PY: &str = r#"
+import io, sys, tarfile
+def tar(entries):
+    b = io.BytesIO()
+    with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind, data, pax in entries:
+            ti = tarfile.TarInfo(name); ti.mtime = 1700000000; ti.mode = 0o755 if kind == "d" else 0o644
+            ti.pax_headers = pax
+            if kind == "d": ti.type = tarfile.DIRTYPE; t.addfile(ti)
+            elif kind == "h": ti.type = tarfile.LNKTYPE; ti.linkname = data.decode(); t.addfile(ti)
+            else: ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+    return b.getvalue()
+cap = "\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+layers = [
+  tar([("d", "d", b"", {"SCHILY.xattr.user.dir": "on a dir"}),
+       ("d/f", "f", b"xattrs\n", {"SCHILY.xattr.user.a": "1", "SCHILY.xattr.user.b": "two"}),
+       ("d/ping", "f", b"\x7fELF", {"SCHILY.xattr.security.capability": cap}),
+       ("d/h", "h", b"d/f", {}),
+       ("plain", "f", b"no xattrs\n", {})]),
+  tar([("big", "d", b"", {}), ("big/file", "f", bytes(range(256)) * 4096, {})]),
+  tar([("m", "d", b"", {})] + [("m/%04d" % i, "f", b"%d\n" % i * 200, {}) for i in range(2000)]),
+]
+for l in layers:
+    sys.stdout.buffer.write(len(l).to_bytes(8, "little") + l)
+"#;
+
+/// A native store with the extra images (`localhost/xa`, `big`, `many`), and umoci's
+/// unpacking of `xa`.
+struct Extra {
+    dir: PathBuf,
+    layout: testutil::OciLayout,
+    store: TestStore,
+    umoci_xa: PathBuf,
+}
+
+fn extra_layers() -> Vec<Vec<u8>> {
+    let raw = testutil::python_tar(EXTRA_PY);
+    let mut tars = Vec::new();
+    let mut rest = &raw[..];
+    while !rest.is_empty() {
+        let n = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+        tars.push(rest[8..8 + n].to_vec());
+        rest = &rest[8 + n..];
+    }
+    tars
+}
+
+fn extra() -> &'static Extra {
+    static E: OnceLock<Extra> = OnceLock::new();
+    E.get_or_init(|| {
+        let dir = testutil::fixture_dir(&std::env::temp_dir(), "cst-ux");
+        let tars = extra_layers();
+        let mut layout = testutil::OciLayout::create(&dir.join("layout"));
+        for (i, tag) in ["xa", "big", "many"].iter().enumerate() {
+            layout.add_image(
+                tag,
+                std::slice::from_ref(&tars[i]),
+                testutil::Blob::Gzip,
+                testutil::go_arch(),
+            );
+        }
+        let store = TestStore::at(&dir.join("s"), &[]);
+        store.copy_in(&layout.source("xa"), "localhost/xa:latest", &[]);
+        run(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:xa", layout.dir.display()))
+            .arg(dir.join("bundle-xa")));
+        Extra {
+            umoci_xa: dir.join("bundle-xa/rootfs"),
+            dir,
+            layout,
+            store,
+        }
+    })
+}
+
+/// A fresh store holding one extra image (for tests that damage it).
+fn fresh_store(tag: &str) -> (tempfile::TempDir, TestStore) {
+    let e = extra();
+    let tmp = tempfile::Builder::new()
+        .prefix("cst-uf-")
+        .tempdir_in(&e.dir)
+        .unwrap();
+    let store = TestStore::at(tmp.path(), &[]);
+    store.copy_in(
+        &e.layout.source(tag),
+        &format!("localhost/{tag}:latest"),
+        &[],
+    );
+    (tmp, store)
+}
+
+/// The diff directory of the top layer of the store's only image.
+fn top_diff(store: &TestStore) -> PathBuf {
+    let images = store.go_images();
+    assert_eq!(images.len(), 1);
+    let top = images[0]["layer"].as_str().unwrap();
+    store.root.join("overlay").join(top).join("diff")
+}
+
+/// Extended attributes (user.*, security.capability on a file, user.* on a directory) and
+/// hard links come out as umoci writes them.
+#[test]
+fn xattrs_and_hard_links_match_umoci() {
+    let e = extra();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("xa");
+    ok(&e.store, &["unpack", "xa", dir.to_str().unwrap()]);
+    let ours = snapshot(&dir);
+    assert_same_tree("xa", &ours, &snapshot(&e.umoci_xa));
+    assert_eq!(ours["entries"]["/d/f"]["xattrs"]["user.b"], "74776f");
+    assert!(ours["entries"]["/d/ping"]["xattrs"]["security.capability"].is_string());
+    assert_eq!(ours["links"][0], serde_json::json!(["/d/f", "/d/h"]));
+}
+
+/// Every path under `dir` with its type, mode, size, link count, mtime and content, for
+/// "nothing changed here".
+fn fingerprint(dir: &Path) -> Value {
+    let v = snapshot(dir);
+    // Link counts too: a hard link made to a canary file would raise its count.
+    let o = run(Command::new("find")
+        .arg(dir)
+        .args(["-printf", "%p %n %i\n"]));
+    serde_json::json!([v, String::from_utf8(o.stdout).unwrap()])
+}
+
+/// Hostile stores: layer directories changed on disk after the store was written, so that a
+/// tar-replaying or name-following writer would write outside the target. A canary
+/// directory beside the target stays exactly as it was, and the target holds what the
+/// merged view says.
+///
+/// * the lower layer's `d` replaced by a symlink to the canary (absolute), while the upper
+///   layer has a directory `d` with files: the merged `d` is the upper directory;
+/// * symlinks in the top layer to the canary (absolute, `../` climbing): written as
+///   symlinks, never followed;
+/// * a file hard-linked to a canary file from inside the layer: copied, not linked;
+/// * whiteout files for `..` and `.` (`.wh...`, `.wh..`): ignored.
+#[test]
+fn hostile_stores_write_nothing_outside() {
+    let e = extra();
+    let (tmp, store) = fresh_store("xa");
+    // A second layer over xa: python tar with a directory `d` holding a file.
+    let upper = testutil::python_tar(
+        "import tarfile,io,sys\nt=tarfile.open(fileobj=sys.stdout.buffer,mode='w|',format=tarfile.PAX_FORMAT)\nfor n in ['up/','up/f']:\n i=tarfile.TarInfo(n.rstrip('/')); i.mtime=1700000000\n if n.endswith('/'): i.type=tarfile.DIRTYPE; i.mode=0o755; t.addfile(i)\n else: d=b'upper\\n'; i.size=len(d); t.addfile(i,io.BytesIO(d))\nt.close()",
+    );
+    let mut layout = testutil::OciLayout::create(&tmp.path().join("layout"));
+    layout.add_image(
+        "two",
+        &[extra_layers().remove(0), upper],
+        testutil::Blob::Gzip,
+        testutil::go_arch(),
+    );
+    store.copy_in(&layout.source("two"), "localhost/two:latest", &[]);
+    let two: Vec<Value> = store
+        .go_images()
+        .into_iter()
+        .filter(|i| i["names"].to_string().contains("two"))
+        .collect();
+    let top = two[0]["layer"].as_str().unwrap().to_string();
+    let top_dir = store.root.join("overlay").join(&top).join("diff");
+    let layers = store.go_layers();
+    let lower = layers.iter().find(|l| l["id"] != top.as_str()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lower_dir = store.root.join("overlay").join(&lower).join("diff");
+
+    let case = tmp.path().join("case");
+    let canary = case.join("canary");
+    testutil::make_tree(
+        &canary,
+        &[("passwd", b"canary\n"), ("f", b"canary f\n"), ("sub/", b"")],
+    );
+    // The lower `d` becomes a symlink to the canary; the upper layer gets a `d` directory
+    // with a file named like one of the canary's.
+    std::fs::remove_dir_all(lower_dir.join("d")).unwrap();
+    std::os::unix::fs::symlink(&canary, lower_dir.join("d")).unwrap();
+    std::fs::create_dir(top_dir.join("d")).unwrap();
+    std::fs::write(top_dir.join("d/passwd"), b"image passwd\n").unwrap();
+    std::os::unix::fs::symlink(&canary, top_dir.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../canary", top_dir.join("up/rel")).unwrap();
+    std::os::unix::fs::symlink("/", top_dir.join("root")).unwrap();
+    std::fs::hard_link(canary.join("f"), top_dir.join("up/hl")).unwrap();
+    std::fs::write(top_dir.join(".wh..."), b"").unwrap();
+    std::fs::write(top_dir.join("up/.wh.."), b"").unwrap();
+    let before = fingerprint(&canary);
+
+    let target = case.join("out");
+    ok(&store, &["unpack", "two", target.to_str().unwrap()]);
+    assert_eq!(fingerprint(&canary), before, "the canary is untouched");
+    let got = snapshot(&target);
+    let ent = &got["entries"];
+    assert_eq!(ent["/d"]["type"], "d");
+    assert_eq!(
+        std::fs::read(target.join("d/passwd")).unwrap(),
+        b"image passwd\n"
+    );
+    assert!(ent.get("/d/f").is_none(), "the lower d is hidden");
+    assert_eq!(ent["/abs"]["type"], "l");
+    assert_eq!(ent["/up/rel"]["type"], "l");
+    assert_eq!(ent["/root"]["target"], "/");
+    assert_eq!(ent["/up/hl"]["type"], "-");
+    assert_eq!(std::fs::read(target.join("up/hl")).unwrap(), b"canary f\n");
+    assert!(ent.get("/up/.wh..").is_none() && ent.get("/.wh...").is_none());
+    // Only `canary` and `out` beside each other.
+    let names: BTreeSet<String> = std::fs::read_dir(&case)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["canary".to_string(), "out".to_string()])
+    );
+
+    // The same through cp (into an existing directory, overwriting) and rootfs-tar.
+    let cp_dest = case.join("cpdest");
+    std::fs::create_dir(&cp_dest).unwrap();
+    ok(&store, &["cp", "two:/.", cp_dest.to_str().unwrap()]);
+    ok(&store, &["cp", "two:/.", cp_dest.to_str().unwrap()]);
+    let tar = ok(
+        &store,
+        &[
+            "image",
+            "export",
+            "two",
+            "--format",
+            "rootfs-tar",
+            "-o",
+            "-",
+        ],
+    )
+    .stdout;
+    assert!(read_tar(&tar, true)["entries"]["/abs"]["type"] == "l");
+    assert_eq!(fingerprint(&canary), before, "the canary is untouched");
+    let _ = e;
+}
+
+fn tmpfs(dir: &Path, opts: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(dir));
+}
+
+fn umount(dir: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "fails");
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// ENOSPC on a small tmpfs: one error naming the file; a new target directory is removed,
+/// an existing one is reported as partial. A read-only target: one clear error.
+#[test]
+fn no_space_and_read_only_targets() {
+    let (tmp, store) = fresh_store("big");
+    let small = tmp.path().join("small");
+    tmpfs(&small, "size=256k");
+    let o = cst(
+        &store,
+        &["unpack", "big", small.join("new").to_str().unwrap()],
+    );
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("No space left") && err.contains("big/file") && err.contains("removed"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        0,
+        "nothing left"
+    );
+    std::fs::create_dir(small.join("existing")).unwrap();
+    let o = cst(
+        &store,
+        &["unpack", "big", small.join("existing").to_str().unwrap()],
+    );
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("No space left") && err.contains("partial"),
+        "{err}"
+    );
+    umount(&small);
+
+    let ro = tmp.path().join("ro");
+    tmpfs(&ro, "size=1m");
+    std::fs::create_dir(ro.join("empty")).unwrap();
+    run(Command::new("mount").args(["-o", "remount,ro"]).arg(&ro));
+    for target in [ro.join("new"), ro.join("empty")] {
+        let o = cst(&store, &["unpack", "big", target.to_str().unwrap()]);
+        let err = one_line_error(&o);
+        assert!(err.contains("Read-only file system"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(ro.join("empty")).unwrap().count(), 0);
+    umount(&ro);
+}
+
+/// A layer file whose bytes changed on disk (same size): the CRC-64 recorded in the
+/// tar-split does not match, the error says so and names the file; the new target is
+/// removed. `--no-verify` copies it as it is.
+#[test]
+fn corrupted_layer_file_is_a_crc_error() {
+    let (tmp, store) = fresh_store("big");
+    let file = top_diff(&store).join("big/file");
+    let mut b = std::fs::read(&file).unwrap();
+    b[500_000] ^= 0xff;
+    std::fs::write(&file, &b).unwrap();
+    let target = tmp.path().join("out");
+    let o = cst(&store, &["unpack", "big", target.to_str().unwrap()]);
+    let err = one_line_error(&o);
+    assert!(err.contains("CRC") && err.contains("big/file"), "{err}");
+    assert!(!target.exists(), "removed");
+    // To a pipe, what was written is followed by no end-of-archive marker, and the exit
+    // status and message say why.
+    let o = cst(
+        &store,
+        &[
+            "image",
+            "export",
+            "big",
+            "--format",
+            "rootfs-tar",
+            "-o",
+            "-",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("CRC") && err.lines().count() == 1, "{err}");
+    let out = target.with_extension("tar");
+    let o = cst(
+        &store,
+        &[
+            "image",
+            "export",
+            "big",
+            "--format",
+            "rootfs-tar",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = one_line_error(&o);
+    assert!(err.contains("CRC"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("tar"))
+            .count(),
+        0,
+        "no file, no temporary file"
+    );
+    ok(
+        &store,
+        &["unpack", "--no-verify", "big", target.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(target.join("big/file")).unwrap(), b);
+}
+
+/// An unpack killed with SIGKILL half-way leaves the target (partial, as it was being
+/// written) and nothing else: no temporary file beside it, nothing new in the store.
+#[test]
+fn sigkill_leaves_no_stray_files() {
+    let (tmp, store) = fresh_store("many");
+    let listing = |d: &Path| {
+        String::from_utf8(run(Command::new("find").arg(d).args(["-printf", "%P %s\n"])).stdout)
+            .unwrap()
+    };
+    let store_before = listing(&store.root);
+    let parent = tmp.path().join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    let target = parent.join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cstorage"))
+        .args(store.cstorage_args())
+        .args(["unpack", "--jobs", "1", "many"])
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut killed_mid = false;
+    while start.elapsed() < std::time::Duration::from_secs(20) {
+        let n = std::fs::read_dir(target.join("m"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        if n >= 10 {
+            let _ = Command::new("kill")
+                .args(["-9", &child.id().to_string()])
+                .status();
+            killed_mid = n < 2000;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let _ = child.wait();
+    assert!(killed_mid, "the unpack was killed half-way");
+    let names: Vec<String> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["out"]);
+    assert_eq!(listing(&store.root), store_before, "the store is unchanged");
+}
