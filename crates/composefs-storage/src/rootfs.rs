@@ -1244,27 +1244,11 @@ impl Source {
         }
     }
 
-    /// The extended attributes stored on the file in its layer, for regular files and
-    /// directories of layers stored on disk (symlinks and devices cannot be opened for
-    /// them; flat layers keep none). Empty where there are none.
-    pub(crate) fn xattrs(&self, kind: FileKind) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let Some(dir) = self.dir.disk() else {
-            return Ok(Vec::new());
-        };
-        match (&self.name, kind) {
-            (None, _) => fsutil::fd_xattrs(dir),
-            (Some(n), FileKind::Regular) => {
-                let fd = fsutil::openat2_beneath(
-                    dir,
-                    Path::new(os(n)),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-                )?;
-                fsutil::fd_xattrs(fd)
-            }
-            (Some(n), FileKind::Directory) => {
-                fsutil::fd_xattrs(fsutil::open_dir_nofollow(dir, Path::new(os(n)))?)
-            }
-            _ => Ok(Vec::new()),
+    /// For a directory of a layer stored on disk: its open handle.
+    pub(crate) fn dir_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match (&self.name, self.dir.disk()) {
+            (None, Some(d)) => Some(d.as_fd()),
+            _ => None,
         }
     }
 }

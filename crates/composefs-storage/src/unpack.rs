@@ -593,7 +593,8 @@ type Made = (Vec<MadeDir>, Vec<(PathBuf, PathBuf)>);
 struct MadeDir {
     rel: PathBuf,
     md: Metadata,
-    src: Option<Source>,
+    /// Read while walking: the layer directory's handle is not kept open until the end.
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Writes the tree of `image` under `from` (`/` for the whole root filesystem) to `target`.
@@ -667,7 +668,7 @@ pub fn unpack(
     };
     let mut report = UnpackReport::default();
     let walked = std::thread::scope(|s| -> Result<Made> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(256);
         let rx = Arc::new(Mutex::new(rx));
         let ctx = &ctx;
         let mut workers = Vec::new();
@@ -737,17 +738,7 @@ pub fn unpack(
             return Err(StorageError::io(target_display, errno(libc::EINTR)));
         }
         let fd = open_dir_rw(base, &d.rel).map_err(|e| ctx.io_err(&d.rel, e))?;
-        let xattrs = match &d.src {
-            Some(s) if s.on_disk() => match s.xattrs(FileKind::Directory) {
-                Ok(mut v) => {
-                    v.retain(|(k, _)| keep_xattr(k));
-                    v
-                }
-                Err(e) => return Err(ctx.io_err(&d.rel, e)),
-            },
-            _ => Vec::new(),
-        };
-        ctx.finish_fd(fd.as_fd(), &d.md, &xattrs)
+        ctx.finish_fd(fd.as_fd(), &d.md, &d.xattrs)
             .map_err(|e| ctx.io_err(&d.rel, e))?;
     }
     report.files = ctx.files.load(Ordering::Relaxed);
@@ -854,7 +845,11 @@ fn walk_and_make(
                     Err(e) => return Err(ctx.io_err(&rel, e.into())),
                 }
                 report.dirs += 1;
-                dirs.push(MadeDir { rel, md, src });
+                let xattrs = match src.as_ref().and_then(|s| s.dir_fd()) {
+                    Some(fd) => read_xattrs(fd).map_err(|e| ctx.io_err(&rel, e))?,
+                    None => Vec::new(),
+                };
+                dirs.push(MadeDir { rel, md, xattrs });
             }
             FileKind::Regular => {
                 if md.nlink > 1 {
@@ -1112,11 +1107,8 @@ pub fn write_tar(
                 file = Some(f);
             }
         } else if et == EntryType::Directory {
-            if let Some(s) = src.as_ref().filter(|s| s.on_disk()) {
-                h.xattrs = s
-                    .xattrs(FileKind::Directory)
-                    .map_err(|e| StorageError::io(&entry.path, e))?;
-                h.xattrs.retain(|(k, _)| keep_xattr(k));
+            if let Some(fd) = src.as_ref().and_then(|s| s.dir_fd()) {
+                h.xattrs = read_xattrs(fd).map_err(|e| StorageError::io(&entry.path, e))?;
             }
         }
         h.xattrs.sort();
