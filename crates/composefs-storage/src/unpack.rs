@@ -977,13 +977,15 @@ pub struct TarReport {
 /// Hard links of one layer's inode are written as hard-link entries to the first name.
 /// Owners are numeric (no user or group names), times are whole seconds, and extended
 /// attributes become PAX `SCHILY.xattr.*` records. With `verify`, each file's size and
-/// CRC-64 are checked against its layer's tar-split while it is written.
+/// CRC-64 are checked against its layer's tar-split while it is written. Setting `cancel`
+/// stops it (with `EINTR`) before the next entry.
 pub fn write_tar(
     image: &Image,
     from: &Path,
     name: Option<&[u8]>,
     out: &mut dyn Write,
     verify: bool,
+    cancel: Option<&AtomicBool>,
 ) -> Result<TarReport> {
     use crate::tar_header::{EntryType, TarHeader};
     let rootfs = image.rootfs()?;
@@ -1017,6 +1019,9 @@ pub fn write_tar(
         None
     };
     loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(StorageError::io("output", errno(libc::EINTR)));
+        }
         let (entry, src) = if let Some(s) = single.take() {
             s
         } else {

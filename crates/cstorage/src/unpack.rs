@@ -16,6 +16,20 @@ use composefs_storage::unpack::{
     Owners, Target, UnpackOptions, UnpackReport, unpack as lib_unpack,
 };
 
+/// A flag set by SIGINT, SIGTERM or SIGHUP, which then no longer kill the process: the work
+/// stops at the next file and what was written is cleaned up. A second signal exits at once.
+fn cancel_on_signals() -> Result<Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))
+            .context("installing a signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&flag))
+            .context("installing a signal handler")?;
+    }
+    Ok(flag)
+}
+
 /// Options shared by `unpack` and `cp`.
 pub struct WriteOpts {
     pub jobs: usize,
@@ -149,6 +163,7 @@ pub fn unpack(storage: &Storage, image: &str, dir: &Path, o: &WriteOpts) -> Resu
         Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
     };
     let mut opts = options(o, false);
+    opts.cancel = Some(cancel_on_signals()?);
     let progress = Progress::new(
         Some(img.size()),
         format!("unpack {}", crate::fmt::short_id(img.id())),
@@ -259,7 +274,7 @@ pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(256 << 10, stdout.lock());
         let prefix = (!(contents && is_dir)).then_some(name.as_slice());
-        composefs_storage::unpack::write_tar(&img, &real, prefix, &mut out, !o.no_verify)?;
+        composefs_storage::unpack::write_tar(&img, &real, prefix, &mut out, !o.no_verify, None)?;
         out.flush().context("writing standard output")?;
         return Ok(());
     }
@@ -269,6 +284,7 @@ pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()
     // As `podman cp`, files are left owned by the caller.
     let mut opts = options(o, true);
     opts.owners = Owners::Drop;
+    opts.cancel = Some(cancel_on_signals()?);
     let progress = Progress::new(
         None,
         format!("cp {}", crate::fmt::short_id(img.id())),
@@ -348,7 +364,14 @@ pub fn rootfs_tar(
         }
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(256 << 10, stdout.lock());
-        composefs_storage::unpack::write_tar(&img, Path::new("/"), None, &mut out, !no_verify)?;
+        composefs_storage::unpack::write_tar(
+            &img,
+            Path::new("/"),
+            None,
+            &mut out,
+            !no_verify,
+            None,
+        )?;
         out.flush().context("writing standard output")?;
         return Ok(());
     }
@@ -365,6 +388,7 @@ pub fn rootfs_tar(
         fname.to_string_lossy(),
         std::process::id()
     ));
+    let cancel = cancel_on_signals()?;
     let r = (|| -> Result<()> {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -372,7 +396,14 @@ pub fn rootfs_tar(
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = std::io::BufWriter::with_capacity(256 << 10, f);
-        composefs_storage::unpack::write_tar(&img, Path::new("/"), None, &mut out, !no_verify)?;
+        composefs_storage::unpack::write_tar(
+            &img,
+            Path::new("/"),
+            None,
+            &mut out,
+            !no_verify,
+            Some(&cancel),
+        )?;
         let f = out
             .into_inner()
             .map_err(|e| e.into_error())

@@ -839,6 +839,42 @@ fn sigkill_leaves_no_stray_files() {
         .collect();
     assert_eq!(names, ["out"]);
     assert_eq!(listing(&store.root), store_before, "the store is unchanged");
+
+    // SIGTERM (as SIGINT, SIGHUP): the unpack stops, removes the directory it created and
+    // says so.
+    let target = parent.join("term");
+    let child = Command::new(env!("CARGO_BIN_EXE_cstorage"))
+        .args(store.cstorage_args())
+        .args(["unpack", "--jobs", "1", "many"])
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut signalled = false;
+    while start.elapsed() < std::time::Duration::from_secs(20) {
+        let n = std::fs::read_dir(target.join("m"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        if n >= 10 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            signalled = n < 2000;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(signalled, "signalled half-way");
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("Interrupted") && err.contains("removed"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    assert_eq!(listing(&store.root), store_before, "the store is unchanged");
 }
 
 /// As the rootless test user, on the user's own rootless store: `unpack` equals
