@@ -389,7 +389,7 @@ impl Ctx<'_> {
         })?;
         let name = Path::new(OsStr::from_bytes(&job.name));
         let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut again = self.overwrite;
         let dst = loop {
             match rustix::fs::openat(&*job.parent, name, flags, Mode::from_raw_mode(0o600)) {
@@ -492,12 +492,10 @@ fn copy_data(
     crc: bool,
 ) -> io::Result<((u64, Option<u64>), bool)> {
     if size > 0 && rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-        let sum = if crc { Some(crc_of(src)?) } else { None };
+        // The clone shares the source's blocks: what is checked is what was cloned.
         let n = rustix::fs::fstat(dst)?.st_size as u64;
-        return Ok((
-            (n.max(sum.map(|s| s.0).unwrap_or(0)), sum.map(|s| s.1)),
-            true,
-        ));
+        let sum = if crc { Some(crc_of(dst, n)?) } else { None };
+        return Ok(((n, sum), true));
     }
     if crc {
         // One pass: read, sum, write.
@@ -569,12 +567,14 @@ fn copy_data(
     Ok(((total, None), false))
 }
 
-fn crc_of(f: &File) -> io::Result<(u64, u64)> {
+/// The CRC-64 of the first `len` bytes of `f` (a file written here, opened read-write).
+fn crc_of(f: &OwnedFd, len: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 << 10];
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
     let mut off = 0u64;
-    loop {
-        let n = match rustix::io::pread(f, &mut buf, off) {
+    while off < len {
+        let want = buf.len().min((len - off) as usize);
+        let n = match rustix::io::pread(f, &mut buf[..want], off) {
             Ok(0) => break,
             Ok(n) => n,
             Err(Errno::INTR) => continue,
@@ -583,7 +583,7 @@ fn crc_of(f: &File) -> io::Result<(u64, u64)> {
         digest.update(&buf[..n]);
         off += n as u64;
     }
-    Ok((off, digest.finalize()))
+    Ok(digest.finalize())
 }
 
 /// The directories made (walk order) and the hard links to make (first name, other name).

@@ -1019,3 +1019,88 @@ fn devices_are_skipped_with_one_warning_without_root() {
     };
     assert_eq!(names(&got), names(&want));
 }
+
+/// Unmounts a test mount when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        umount(&self.0);
+    }
+}
+
+/// On a file system with reflinks (btrfs on a loop device, store and target on it), file
+/// contents are cloned from the store (`FICLONE`), the clone is CRC-checked (a corrupted
+/// layer file is still an error), and the tree still equals umoci's.
+#[test]
+fn reflinks_on_btrfs() {
+    testutil::require_tool("mkfs.btrfs");
+    let e = extra();
+    let tmp = tempfile::Builder::new()
+        .prefix("cst-ub-")
+        .tempdir_in(&e.dir)
+        .unwrap();
+    let img = tmp.path().join("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    run(Command::new("mkfs.btrfs").arg("-q").arg(&img));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt));
+    let _m = Mounted(mnt.clone());
+    let store = TestStore::at(&mnt.join("s"), &[]);
+    for tag in ["xa", "big"] {
+        store.copy_in(
+            &e.layout.source(tag),
+            &format!("localhost/{tag}:latest"),
+            &[],
+        );
+    }
+    let o = ok(
+        &store,
+        &[
+            "--log-level",
+            "info",
+            "unpack",
+            "big",
+            mnt.join("big").to_str().unwrap(),
+        ],
+    );
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(log.contains(", 1 cloned)"), "{log}");
+    ok(&store, &["unpack", "xa", mnt.join("xa").to_str().unwrap()]);
+    assert_same_tree(
+        "xa on btrfs",
+        &snapshot(&mnt.join("xa")),
+        &snapshot(&e.umoci_xa),
+    );
+    let want = std::fs::read(mnt.join("big/big/file")).unwrap();
+    assert_eq!(want, (0..=255u8).cycle().take(1 << 20).collect::<Vec<u8>>());
+    // A corrupted layer file, cloned: the check reads the clone.
+    let images = store.go_images();
+    let big = images
+        .iter()
+        .find(|i| i["names"].to_string().contains("big"))
+        .unwrap();
+    let file = store
+        .root
+        .join("overlay")
+        .join(big["layer"].as_str().unwrap())
+        .join("diff/big/file");
+    let mut b = std::fs::read(&file).unwrap();
+    b[1234] ^= 1;
+    std::fs::write(&file, &b).unwrap();
+    let o = cst(
+        &store,
+        &["unpack", "big", mnt.join("bad").to_str().unwrap()],
+    );
+    let err = one_line_error(&o);
+    assert!(err.contains("CRC"), "{err}");
+    assert!(!mnt.join("bad").exists());
+    drop(store);
+}
