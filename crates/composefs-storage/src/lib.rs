@@ -60,6 +60,8 @@
 //!   whiteouts and opaque directories reported as such.
 //! - [`output`]: [`OutputFile`], the rules every writer of files follows (atomic
 //!   replacement, `-` for standard output, nothing left behind).
+//! - [`unpack`]: writing a [`RootFs`] into a directory (like `umoci unpack`), safely
+//!   beneath it.
 //! - [`userns`]: whether this process can read every file of a rootless store.
 //! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
 //!
@@ -131,6 +133,7 @@ pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
 mod toc;
+pub mod unpack;
 pub mod userns;
 pub mod verify;
 

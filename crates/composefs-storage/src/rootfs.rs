@@ -1088,6 +1088,7 @@ impl RootFs {
             Err(e) => Walk {
                 tree: Tree::empty(self),
                 first: Some(Err(e)),
+                first_source: None,
             },
         }
     }
@@ -1098,6 +1099,18 @@ impl RootFs {
         let p = path.as_ref().as_os_str().as_bytes();
         let r = self.resolve(p, true).map_err(|e| self.err(p, e))?;
         let md = self.metadata_of(&r).map_err(|e| self.err(p, e))?;
+        let first_source = match &r {
+            Resolved::Dir { merged, .. } => merged.first().map(|(_, d)| Source {
+                dir: d.clone(),
+                name: None,
+            }),
+            Resolved::Other {
+                parent, top, name, ..
+            } => Some(Source {
+                dir: parent[*top].1.clone(),
+                name: Some(name.clone()),
+            }),
+        };
         let (tree, path) = Tree::start(self, r, p)?;
         Ok(Walk {
             tree,
@@ -1105,6 +1118,7 @@ impl RootFs {
                 path: path_buf(path),
                 metadata: md,
             })),
+            first_source,
         })
     }
 
@@ -1266,6 +1280,7 @@ impl<'a> Tree<'a> {
 pub struct Walk<'a> {
     tree: Tree<'a>,
     first: Option<Result<WalkEntry>>,
+    first_source: Option<Source>,
 }
 
 impl std::fmt::Debug for Walk<'_> {
@@ -1281,8 +1296,47 @@ impl Iterator for Walk<'_> {
     type Item = Result<WalkEntry>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_with_source().map(|r| r.map(|(entry, _)| entry))
+    }
+}
+
+/// Where a file found by a walk lives: its layer directory and its name there (or, for a
+/// directory, its top-most layer directory itself). Crate-internal, for unpacking.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    dir: LDir,
+    name: Option<Vec<u8>>,
+}
+
+impl Source {
+    /// True if the file is in a layer stored on disk (not a flat layer's table of contents).
+    pub(crate) fn on_disk(&self) -> bool {
+        self.dir.disk().is_some()
+    }
+
+    /// Opens the regular file for reading (never through a symlink).
+    pub(crate) fn open_file(&self) -> io::Result<File> {
+        match &self.name {
+            Some(n) => self.dir.open_file(n),
+            None => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    /// For a directory of a layer stored on disk: its open handle.
+    pub(crate) fn dir_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match (&self.name, self.dir.disk()) {
+            (None, Some(d)) => Some(d.as_fd()),
+            _ => None,
+        }
+    }
+}
+
+impl Walk<'_> {
+    /// The next entry with where it lives in its layer.
+    pub(crate) fn next_with_source(&mut self) -> Option<Result<(WalkEntry, Option<Source>)>> {
         if let Some(first) = self.first.take() {
-            return Some(first);
+            let src = self.first_source.take();
+            return Some(first.map(|e| (e, src)));
         }
         let step = match self.tree.step(true)? {
             Ok(s) => s,
@@ -1296,11 +1350,21 @@ impl Iterator for Walk<'_> {
             Some(d) => fs.metadata_from(step.layer, st, None, d.disk().is_some(), d.disk()),
             None => fs.entry_metadata(step.layer, &step.dir, &step.name, st),
         };
+        let source = match step.top_dir {
+            Some(d) => Source { dir: d, name: None },
+            None => Source {
+                dir: step.dir,
+                name: Some(step.name),
+            },
+        };
         Some(match md {
-            Ok(metadata) => Ok(WalkEntry {
-                path: path_buf(step.path),
-                metadata,
-            }),
+            Ok(metadata) => Ok((
+                WalkEntry {
+                    path: path_buf(step.path),
+                    metadata,
+                },
+                Some(source),
+            )),
             Err(e) => Err(fs.err(&step.path, e)),
         })
     }

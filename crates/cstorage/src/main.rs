@@ -10,6 +10,7 @@ mod ls;
 mod podman;
 mod rootfs;
 mod template;
+mod unpack;
 mod views;
 
 use std::io::Write;
@@ -46,7 +47,8 @@ struct Cli {
     storage_opt: Vec<String>,
     /// Output format: table, json, or a Go template as podman takes it (`{{.ID}}`,
     /// `table {{.Repository}}\t{{.Tag}}`; for images, layers, containers, image inspect and
-    /// layer inspect); for `image export`: oci, oci-archive or docker-archive.
+    /// layer inspect); for `image export`: oci, oci-archive,
+    /// docker-archive or rootfs-tar.
     #[arg(long, global = true, value_name = "FORMAT")]
     format: Option<String>,
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
@@ -152,12 +154,57 @@ enum Command {
         /// The image compared to.
         image_b: String,
     },
+    /// Write an image's merged root filesystem into a new or empty directory, as
+    /// `umoci unpack` lays it out (owners kept as root; as another user recorded in the
+    /// `user.rootlesscontainers` xattr, as `umoci unpack --rootless` does).
+    Unpack {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The directory to write (created if missing; must be empty if present).
+        dir: PathBuf,
+        #[command(flatten)]
+        write: UnpackArgs,
+    },
+    /// Copy a file, symlink or directory tree out of an image (`podman cp` rules for
+    /// trailing slashes and existing destinations; DEST `-` writes a tar to standard output).
+    Cp {
+        /// IMAGE:PATH (symlinks before the last component are followed inside the image).
+        src: String,
+        /// Destination path on the host, or `-`.
+        dest: PathBuf,
+        #[command(flatten)]
+        write: UnpackArgs,
+    },
     /// List containers.
     Containers {
         /// Print only container IDs.
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+/// Options of `unpack` and `cp`.
+#[derive(clap::Args, Debug)]
+struct UnpackArgs {
+    /// Threads writing files (default: number of CPUs).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    jobs: usize,
+    /// Leave every file owned by the caller and record no owner (`cp` always does).
+    #[arg(long)]
+    no_owners: bool,
+    /// Do not check each file's size and CRC-64 against its layer's tar-split.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+impl UnpackArgs {
+    fn opts(&self) -> unpack::WriteOpts {
+        unpack::WriteOpts {
+            jobs: self.jobs,
+            no_owners: self.no_owners,
+            no_verify: self.no_verify,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -424,6 +471,11 @@ fn run(cli: Cli) -> Result<()> {
                 )?;
             }
         }
+        Command::Image(ImageCommand::Export { images, output, .. })
+            if cli.format.as_deref() == Some("rootfs-tar") =>
+        {
+            unpack::rootfs_tar(&storage, images, output, false)?;
+        }
         Command::Image(ImageCommand::Export {
             images,
             output,
@@ -592,6 +644,10 @@ fn run(cli: Cli) -> Result<()> {
             rootfs::diff(&storage, image_a, image_b, json, &mut out)?
         }
         Command::Df { verbose } => df::df(&storage, *verbose, json, &mut out)?,
+        Command::Unpack { image, dir, write } => {
+            unpack::unpack(&storage, image, dir, &write.opts())?
+        }
+        Command::Cp { src, dest, write } => unpack::cp(&storage, src, dest, &write.opts())?,
         Command::Containers { quiet } => {
             let ctrs = storage.list_containers()?;
             if *quiet {
@@ -693,7 +749,10 @@ fn main() {
     // First: this may be the user-namespace helper of a rootless store, re-executed.
     composefs_storage::userns::init();
     let cli = Cli::parse();
-    remove_temporaries_on_signals();
+    // unpack and cp stop their workers on a signal and clean up themselves.
+    if !matches!(cli.command, Command::Unpack { .. } | Command::Cp { .. }) {
+        remove_temporaries_on_signals();
+    }
     log::set_max_level(cli.log_level);
     let _ = log::set_logger(&LOGGER);
     if let Err(e) = run(cli) {

@@ -1028,6 +1028,30 @@ fn check_rootfs(st: &Store, errors: &mut Vec<String>) {
             ));
         }
         assert!(theirs.len() > 10, "umoci unpacked almost nothing");
+        // `cstorage unpack` writes umoci's tree (where c/storage's partial pull wrote a path
+        // otherwise than the tar says, the merged view's).
+        let dir = st.out.join(format!("unpack-{}", &id[..12]));
+        st.cst_ok(&["unpack", &id, dir.to_str().unwrap()]);
+        let mut unpacked = BTreeMap::new();
+        walk_host(&dir, &dir, &mut unpacked);
+        for p in theirs
+            .keys()
+            .chain(unpacked.keys())
+            .collect::<BTreeSet<_>>()
+        {
+            let want = if writer_deviations.contains(&p.display().to_string()) {
+                ours.get(p)
+            } else {
+                theirs.get(p)
+            };
+            if want != unpacked.get(p) {
+                errors.push(format!(
+                    "cstorage unpack {id}: {}: umoci {want:?}, unpacked {:?}",
+                    p.display(),
+                    unpacked.get(p)
+                ));
+            }
+        }
         // The same tree through the command line: `ls -R` names and `cat` contents.
         let listed: BTreeSet<PathBuf> = String::from_utf8(st.cst_ok(&["ls", &id, "/", "-R"]))
             .unwrap()
