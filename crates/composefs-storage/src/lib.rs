@@ -75,6 +75,7 @@ mod intermediate;
 pub mod layer;
 mod lock;
 pub mod manifest;
+mod naive_diff;
 mod native_diff;
 mod records;
 pub mod reference;
