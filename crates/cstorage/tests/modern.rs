@@ -1067,6 +1067,127 @@ fn built() {
     run_store("built", &ALL);
 }
 
+/// A copy of the plain store, damaged in six ways: `verify --metadata` reports exactly those;
+/// `podman system check` (5.4) on the same copy misses the changed symlink target and the
+/// removed xattr (it compares neither) and the chmod in the layer that also lost a file (it
+/// stops at a layer whose tar it cannot rebuild), and adds its directory-mtime false
+/// positives.
+#[test]
+fn damaged_copy_against_podman_system_check() {
+    let _c = InChroot::new();
+    // Its own output directory: the `plain` test may be using plain's.
+    let dir = env().work.join("out").join("plain-damaged");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src_root = env().work.join("stores/plain/root");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&src_root)
+        .arg(dir.join("root"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let conf = dir.join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\n\
+             [storage.options.overlay]\nmountopt = \"nodev\"\nskip_mount_home = \"true\"\n",
+            dir.join("root").display(),
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    let st = Store {
+        name: "plain-damaged",
+        conf,
+        out: dir.clone(),
+    };
+    // The layers holding the files to damage.
+    let overlay = dir.join("root/overlay");
+    let find = |rel: &str| -> (String, PathBuf) {
+        for e in std::fs::read_dir(&overlay).unwrap() {
+            let e = e.unwrap();
+            let d = e.path().join("diff");
+            if d.join(rel).symlink_metadata().is_ok() {
+                return (e.file_name().to_string_lossy().to_string(), d);
+            }
+        }
+        panic!("no layer has {rel}")
+    };
+    let (top, dtop) = find("usr/share/doc/readme.txt");
+    let (mid, dmid) = find("etc/hello");
+    let sh = |args: &[&str]| {
+        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let p = |d: &Path, r: &str| d.join(r).to_str().unwrap().to_string();
+    sh(&["chmod", "4777", &p(&dtop, "usr/share/doc/readme.txt")]);
+    sh(&["ln", "-sfn", "/etc/shadow", &p(&dtop, "usr/share/doc/link")]);
+    sh(&["rm", &p(&dtop, "usr/share/doc/run.sh")]);
+    sh(&[
+        "sh",
+        "-c",
+        &format!("echo planted > {}", p(&dmid, "etc/extra")),
+    ]);
+    sh(&["chown", "1234:1234", &p(&dmid, "etc/hello")]);
+    sh(&["setfattr", "-x", "user.test", &p(&dmid, "etc/xattr-file")]);
+
+    let args = ["--format", "json", "verify", "--metadata", "--all"];
+    let v = st.json("cstorage", &args, st.cst(&args).stdout);
+    let mut ours = BTreeSet::new();
+    for c in arr(&v) {
+        for d in c["differences"].as_array().into_iter().flatten() {
+            let layer = s(&c["subject"]).split(' ').nth(1).unwrap().to_string();
+            ours.insert(format!(
+                "{} {} {}",
+                &layer[..12],
+                s(&d["path"]),
+                s(&d["kind"])
+            ));
+        }
+    }
+    let want: BTreeSet<String> = [
+        (&top, "usr/share/doc/readme.txt", "mode"),
+        (&top, "usr/share/doc/link", "symlink-target"),
+        (&top, "usr/share/doc/run.sh", "missing"),
+        (&mid, "etc/extra", "extra"),
+        (&mid, "etc/hello", "owner"),
+        (&mid, "etc/xattr-file", "xattr"),
+    ]
+    .iter()
+    .map(|(l, p, k)| format!("{} {p} {k}", &l[..12]))
+    .collect();
+    assert_eq!(ours, want, "{v:#}");
+
+    let o = st.go(&["podman", "system", "check"]);
+    let text = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success(),
+        "podman system check finds the damage: {text}"
+    );
+    let said = |layer: &str, what: &str| {
+        text.lines()
+            .any(|l| l.contains(&format!("layer {layer}: ")) && l.contains(what))
+    };
+    // What both see: the missing file (podman: as a failure to rebuild the layer's tar),
+    // the extra file, the owner.
+    assert!(said(&top, "usr/share/doc/run.sh: no such file"), "{text}");
+    assert!(said(&mid, "+/etc/extra"), "{text}");
+    assert!(said(&mid, "/etc/hello(uid:0"), "{text}");
+    // What only verify --metadata sees: podman compares neither symlink targets nor
+    // xattrs, and stops at a layer whose tar it cannot rebuild, so the chmod beside the
+    // missing file goes unreported.
+    assert!(!text.contains("/usr/share/doc/link("), "{text}");
+    assert!(!text.contains("xattr-file"), "{text}");
+    assert!(!text.contains("readme.txt("), "{text}");
+    eprintln!("modern: podman system check on the damaged copy:\n{text}");
+}
+
 /// The stores' paths come from their storage.conf alone: `cstorage info` reports the
 /// configuration file, graph root, run root, driver, transient flag and counts that `podman
 /// info` reports.
