@@ -283,3 +283,24 @@ fn rootless_store_has_no_differences() {
         "{checks:#?}"
     );
 }
+
+/// An image layer never holds overlay metadata-only files or redirects (podman 4.3 builds
+/// with metacopy=on do not write them); one found is reported, not read as zeros silently.
+#[test]
+fn overlay_stub_in_an_image_layer_is_reported() {
+    let (s, ids) = store_with(&[]);
+    let f = s.root.join("overlay").join(&ids[0]).join("diff/etc/conf");
+    run(Command::new("setfattr")
+        .args(["-n", "trusted.overlay.metacopy", "-v", ""])
+        .arg(&f));
+    let (checks, ok) = metadata_checks(&mut cstorage(&s));
+    assert!(!ok);
+    let diffs: Vec<&Value> = checks
+        .iter()
+        .flat_map(|c| c["differences"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(diffs.len(), 1, "{checks:#?}");
+    assert_eq!(diffs[0]["path"], "etc/conf");
+    assert_eq!(diffs[0]["kind"], "overlay-stub");
+    assert_eq!(diffs[0]["xattr"], "trusted.overlay.metacopy");
+}
