@@ -98,6 +98,18 @@ fn store_with_changed_container() -> (TestStore, String) {
         .arg(m.join("etc/moved")));
     std::fs::remove_file(m.join("etc/other")).unwrap();
     std::fs::write(m.join("etc/new"), b"new file\n").unwrap();
+    // A directory replaced by a new one (opaque), a deletion inside the renamed directory,
+    // content and time changes, a new symlink and a new hard link.
+    std::fs::remove_dir_all(m.join("keep")).unwrap();
+    std::fs::create_dir(m.join("keep")).unwrap();
+    std::fs::write(m.join("keep/fresh"), b"fresh\n").unwrap();
+    std::fs::remove_file(m.join("dir2/sub/f")).unwrap();
+    std::fs::write(m.join("etc/conf"), b"setting=2\n").unwrap();
+    run(Command::new("touch")
+        .args(["-d", "@1700000000"])
+        .arg(m.join("etc/new")));
+    std::os::unix::fs::symlink("../etc/new", m.join("bin/link")).unwrap();
+    std::fs::hard_link(m.join("etc/new"), m.join("bin/hard")).unwrap();
     run(store.podman().args(["umount", &ctr]));
     let layer =
         stdout_of(
@@ -134,15 +146,24 @@ fn container_layer_export_equals_c_storage_diff() {
     let diff = store.root.join("overlay").join(&layer).join("diff");
     // The layer holds what the issue is about: stubs and a redirected directory.
     assert!(xattr(&diff.join("bin/prog"), "trusted.overlay.metacopy").is_some());
-    assert!(xattr(&diff.join("etc/conf"), "trusted.overlay.metacopy").is_some());
+    assert!(xattr(&diff.join("moveme"), "trusted.overlay.metacopy").is_none());
+    assert!(xattr(&diff.join("etc/moved"), "trusted.overlay.metacopy").is_some());
+    assert!(xattr(&diff.join("dir2/g"), "trusted.overlay.metacopy").is_some());
     assert_eq!(
         xattr(&diff.join("dir2"), "trusted.overlay.redirect").as_deref(),
         Some(&b"dir"[..])
     );
-    assert!(
-        !diff.join("dir2/sub").exists(),
-        "the renamed directory's files stay below"
-    );
+    // The renamed directory's files stay below; the deletion inside it is a whiteout.
+    assert!(!diff.join("dir2/sub/f").is_file());
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = diff
+            .join("dir2/sub/f")
+            .symlink_metadata()
+            .unwrap()
+            .file_type();
+        assert!(ft.is_char_device());
+    }
     // c/storage took the naive-diff path for this mount option.
     assert!(
         store
@@ -156,7 +177,7 @@ fn container_layer_export_equals_c_storage_diff() {
     // The content is the real one, not the stubs' zeros.
     let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     assert!(ours.windows(big.len()).any(|w| w == big.as_slice()));
-    assert!(ours.windows(10).any(|w| w == b"deep file\n"));
+    assert!(ours.windows(10).any(|w| w == b"g content\n"));
     blank_whiteout_times(&mut go);
     blank_whiteout_times(&mut ours);
     if ours != go {
