@@ -1047,3 +1047,64 @@ pub fn compare_layer_metadata(layer: &Layer) -> Result<Option<MetadataReport>> {
         differences: w.diffs,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_forms() {
+        // c/storage before 1.57: no type, no special bits.
+        let o = parse_override(b"0:0:0755").unwrap();
+        assert_eq!((o.uid, o.gid, o.mode, o.typed), (0, 0, 0o755, false));
+        assert_eq!(o.kind, None);
+        // 1.57: with a type, special bits kept; devices carry their numbers.
+        let o = parse_override(b"1000:1001:4755:file").unwrap();
+        assert_eq!((o.uid, o.gid, o.mode, o.typed), (1000, 1001, 0o4755, true));
+        assert_eq!(o.kind, Some("file"));
+        let o = parse_override(b"0:0:0666:char-1-3").unwrap();
+        assert_eq!((o.kind, o.dev), (Some("char device"), Some((1, 3))));
+        // The file type in the mode bits (c/storage's darwin form).
+        assert_eq!(
+            parse_override(b"0:0:40755").unwrap().kind,
+            Some("directory")
+        );
+        for bad in [
+            &b"0:0"[..],
+            b"x:0:0755",
+            b"0:0:0755:char-1",
+            b"0:0:0755:weird",
+        ] {
+            assert!(parse_override(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn capabilities_compare_without_version_and_root_id() {
+        let caps = [
+            0x01, 0x00, 0x20, 0x00, 0x00, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let mut v2 = vec![0x01, 0x00, 0x00, 0x02];
+        v2.extend_from_slice(&caps[4..]);
+        let mut v3 = vec![0x01, 0x00, 0x00, 0x03];
+        v3.extend_from_slice(&caps[4..]);
+        v3.extend_from_slice(&100000u32.to_le_bytes());
+        assert_eq!(caps_norm(&v2), caps_norm(&v3));
+        let mut other = v2.clone();
+        other[4] = 0x01;
+        assert_ne!(caps_norm(&v2), caps_norm(&other));
+        // Not effective vs effective.
+        let mut ne = v2.clone();
+        ne[0] = 0;
+        assert_ne!(caps_norm(&v2), caps_norm(&ne));
+    }
+
+    #[test]
+    fn tar_names_as_c_storage_extracts_them() {
+        assert_eq!(layer_path(b"./etc/x"), Some(b"etc/x".to_vec()));
+        assert_eq!(layer_path(b"/etc/x/"), Some(b"etc/x".to_vec()));
+        assert_eq!(layer_path(b"etc//y/../x"), Some(b"etc/x".to_vec()));
+        assert_eq!(layer_path(b"./"), None);
+        assert_eq!(layer_path(b"/"), None);
+    }
+}
