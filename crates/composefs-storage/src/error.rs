@@ -204,6 +204,15 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
+    /// An output target cannot be written by the output rules (see [`crate::output`]).
+    #[error("{}: {message}", path.display())]
+    Output {
+        /// The output as the caller named it.
+        path: PathBuf,
+        /// Why it cannot be used.
+        message: String,
+    },
+
     /// An operation was given an argument it cannot use.
     #[error("{0}")]
     InvalidArgument(String),

@@ -12,7 +12,7 @@ use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
 use crate::image::Image;
 use crate::records::{IdMapping, LayerMetadata};
-use crate::storage::{LayerStore, NamedDir, Snapshot, Storage, layer_users};
+use crate::storage::{LayerStore, NamedDir, Snapshot, Storage};
 
 /// Longest parent chain followed before giving up (c/storage itself has no limit, but the
 /// kernel's overlayfs stacks at most a few hundred lowers).
@@ -241,9 +241,13 @@ impl Layer {
 
     /// The IDs of the images whose layer chain contains this layer.
     pub fn image_ids(&self) -> Vec<String> {
-        layer_users(&self.snap)
-            .remove(self.id())
-            .unwrap_or_default()
+        let (images, tops) = self.snap.image_tops();
+        self.snap
+            .chains()
+            .users_of(self.id(), &tops)
+            .into_iter()
+            .map(|i| images[i].1.id.clone())
+            .collect()
     }
 
     /// The images whose layer chain contains this layer.

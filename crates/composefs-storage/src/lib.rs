@@ -65,7 +65,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+mod chains;
 pub mod config;
+pub mod disk_usage;
 pub mod error;
 pub mod export;
 mod fsutil;
@@ -77,6 +79,7 @@ mod lock;
 pub mod manifest;
 mod naive_diff;
 mod native_diff;
+pub mod output;
 mod records;
 pub mod reference;
 pub mod rootfs;
@@ -95,9 +98,10 @@ pub use error::{Result, StorageError};
 pub use export::{ExportOptions, ExportReport, Verify};
 pub use image::Image;
 pub use layer::Layer;
+pub use output::OutputFile;
 pub use records::{ContainerMetadata, IdMapping, ImageMetadata};
 pub use rootfs::RootFs;
-pub use storage::{LayerMetadata, ReadGuard, Storage};
+pub use storage::{LayerMetadata, LayerUsers, ReadGuard, Storage};
 pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};
 pub use userns::can_bypass_file_permissions;
 

@@ -573,6 +573,7 @@ fn id_names(file: &str) -> HashMap<u32, Vec<u8>> {
 pub(crate) fn generate(
     layer: &Layer,
     w: TargetWriter<'_>,
+    name: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
     let mut dirs = vec![layer.diff_dir_with_path()?];
@@ -611,7 +612,7 @@ pub(crate) fn generate(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let oerr = |e: std::io::Error| StorageError::io("output", e);
+    let oerr = |e: std::io::Error| StorageError::io(name, e);
     let users = id_names("/etc/passwd");
     let groups = id_names("/etc/group");
     for (path, kind, ent) in changes {
@@ -758,5 +759,6 @@ pub(crate) fn generate(
         files,
         digest: None,
         reproducible: false,
+        zero_copied_files: 0,
     })
 }

@@ -334,7 +334,7 @@ pub(crate) fn generate(
             "layer {}: c/storage diffs it against its parent (naive diff), so does this export",
             layer.id()
         );
-        return crate::naive_diff::generate(layer, w, opts);
+        return crate::naive_diff::generate(layer, w, _name, opts);
     }
     log::debug!(
         "layer {} has no tar-split: generating a tar from its diff directory; it is not the original layer blob and its digest will differ",
@@ -370,6 +370,7 @@ pub(crate) fn generate(
         layer: layer.id().to_string(),
         bytes: g.written,
         files: g.files,
+        zero_copied_files: 0,
         digest: None,
         reproducible: false,
     })

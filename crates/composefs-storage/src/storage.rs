@@ -18,6 +18,7 @@ use cap_std::fs::Dir;
 use oci_spec::image::Digest;
 use serde::de::DeserializeOwned;
 
+use crate::chains::Chains;
 use crate::config::{OverlayOptions, StorageConfig};
 use crate::error::{Result, StorageError};
 use crate::fsutil;
@@ -272,13 +273,40 @@ pub(crate) struct Inner {
 }
 
 /// The records of every store, as of one moment when all shared locks were held.
+/// An image record and the index of the store holding it.
+pub(crate) type StoreImage<'a> = (usize, &'a Arc<ImageMetadata>);
+
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) layers: Vec<Arc<LayerIndex>>,
     pub(crate) images: Vec<Arc<ImageIndex>>,
+    /// The layer forest, computed on first use.
+    chains: std::sync::OnceLock<Chains>,
 }
 
 impl Snapshot {
+    /// The layer forest of this snapshot (depths, chain sizes, children), built once.
+    pub(crate) fn chains(&self) -> &Chains {
+        self.chains.get_or_init(|| Chains::new(self))
+    }
+
+    /// Every image (as [`Snapshot::all_images`]) with its top layers (top layer, then mapped
+    /// top layers).
+    pub(crate) fn image_tops(&self) -> (Vec<StoreImage<'_>>, Vec<Vec<&str>>) {
+        let images = self.all_images();
+        let tops = images
+            .iter()
+            .map(|(_, m)| {
+                m.layer
+                    .iter()
+                    .chain(m.mapped_layers.iter())
+                    .map(String::as_str)
+                    .collect()
+            })
+            .collect();
+        (images, tops)
+    }
+
     /// Finds a layer by exact ID: primary store first.
     pub(crate) fn layer(&self, id: &str) -> Option<(usize, &Arc<LayerMetadata>)> {
         self.layers
@@ -670,7 +698,11 @@ impl Storage {
             images.push(is.refresh()?);
         }
         drop(guards);
-        Ok(Arc::new(Snapshot { layers, images }))
+        Ok(Arc::new(Snapshot {
+            layers,
+            images,
+            chains: Default::default(),
+        }))
     }
 
     pub(crate) fn make_image(
@@ -938,6 +970,23 @@ impl Storage {
         Err(StorageError::LayerNotFound(query.into()))
     }
 
+    /// For each layer ID, how many images have it in their layer chain: linear in the
+    /// number of layers and images, whatever the depth of the chains.
+    pub fn layer_user_counts(&self) -> Result<HashMap<String, usize>> {
+        let snap = self.snapshot()?;
+        let (_, tops) = snap.image_tops();
+        let chains = snap.chains();
+        let counts = chains.user_counts(&tops);
+        Ok(chains.ids().iter().cloned().zip(counts).collect())
+    }
+
+    /// Which images use each layer, held compactly (4 bytes per layer-image pair), for
+    /// callers that list them all (`layers --format json`).
+    pub fn layer_users_index(&self) -> Result<LayerUsers> {
+        let snap = self.snapshot()?;
+        Ok(LayerUsers::new(&snap))
+    }
+
     /// For each layer ID, the IDs of the images whose layer chain contains it.
     pub fn layer_users(&self) -> Result<BTreeMap<String, Vec<String>>> {
         let snap = self.snapshot()?;
@@ -948,22 +997,62 @@ impl Storage {
 /// For each layer ID, the IDs of the images whose layer chain (top layer and mapped layers,
 /// then parents) contains it.
 pub(crate) fn layer_users(snap: &Snapshot) -> BTreeMap<String, Vec<String>> {
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, img) in snap.all_images() {
-        let mut seen = HashSet::new();
-        let tops = img.layer.iter().chain(img.mapped_layers.iter());
-        for top in tops {
-            let mut cur = Some(top.clone());
-            while let Some(id) = cur {
-                if !seen.insert(id.clone()) {
-                    break;
-                }
-                users.entry(id.clone()).or_default().push(img.id.clone());
-                cur = snap.layer(&id).and_then(|(_, l)| l.parent.clone());
-            }
+    let users = LayerUsers::new(snap);
+    users
+        .layers
+        .iter()
+        .map(|(id, &i)| {
+            let ids = users.lists[i]
+                .iter()
+                .map(|&j| users.images[j as usize].clone());
+            (id.clone(), ids.collect())
+        })
+        .collect()
+}
+
+/// Which images use each layer (their chain contains it), computed in one pass over the
+/// records and held compactly: see [`Storage::layer_users_index`].
+#[derive(Debug, Clone)]
+pub struct LayerUsers {
+    images: Vec<String>,
+    layers: HashMap<String, usize>,
+    lists: Vec<Vec<u32>>,
+}
+
+impl LayerUsers {
+    fn new(snap: &Snapshot) -> LayerUsers {
+        let (images, tops) = snap.image_tops();
+        let chains = snap.chains();
+        let lists = chains.users(&tops);
+        LayerUsers {
+            images: images.iter().map(|(_, m)| m.id.clone()).collect(),
+            layers: chains
+                .ids()
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect(),
+            lists,
         }
     }
-    users
+
+    /// The IDs of the images using layer `id`, in the order images are listed.
+    pub fn image_ids(&self, id: &str) -> impl Iterator<Item = &str> {
+        self.layers
+            .get(id)
+            .map(|&i| self.lists[i].as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|&j| self.images[j as usize].as_str())
+    }
+
+    /// How many images use layer `id`.
+    pub fn count(&self, id: &str) -> usize {
+        self.layers
+            .get(id)
+            .map(|&i| self.lists[i].len())
+            .unwrap_or(0)
+    }
 }
 
 /// The repository (`domain/path`) of a stored name, if it parses.

@@ -341,6 +341,8 @@ pub(crate) struct FileGetter {
     /// For layers stored in the flat (composefs) format: member path → content digest hex,
     /// from the zstd:chunked table of contents; `diff/` then holds `xx/yyyy...` objects.
     flat: Option<std::collections::HashMap<PathBuf, String>>,
+    /// The lower diff directory the last file opened came from (`None`: the layer's own).
+    from_lower: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +419,7 @@ impl FileGetter {
             lowers: None,
             parent: None,
             flat: flat_map(layer)?,
+            from_lower: None,
         })
     }
 
@@ -447,8 +450,25 @@ impl FileGetter {
         fsutil::open_regular(dir, Path::new(file_name), Follow::No)
     }
 
+    /// The error for member `name` whose file last opened is `on_disk` bytes where the tar
+    /// records `size`, saying which layer's file it was.
+    pub(crate) fn size_mismatch(&self, name: &[u8], on_disk: u64, size: u64) -> StorageError {
+        let whose = match &self.from_lower {
+            None => String::new(),
+            Some(dir) => format!(
+                " ({}: missing from this layer's diff, found in a lower layer's)",
+                dir.join(content_path(name).unwrap_or_default()).display()
+            ),
+        };
+        self.integrity(
+            name,
+            format!("file is {on_disk} bytes on disk{whose}, but the tar records {size} bytes"),
+        )
+    }
+
     /// Opens the content of tar member `name`; returns the file and its size on disk.
     pub(crate) fn open(&mut self, name: &[u8]) -> Result<(File, u64)> {
+        self.from_lower = None;
         let rel = content_path(name).map_err(|m| self.integrity(name, m))?;
         if let Some(map) = &self.flat {
             let hex = map.get(&rel).ok_or_else(|| {
@@ -501,7 +521,10 @@ impl FileGetter {
         }
         for (dir, path) in self.lowers.as_deref().unwrap_or_default() {
             match fsutil::open_regular(dir, &rel, Follow::No) {
-                Ok(f) => return Ok(f),
+                Ok(f) => {
+                    self.from_lower = Some(path.clone());
+                    return Ok(f);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(describe(e, path, &rel)),
             }
@@ -588,10 +611,7 @@ impl TarSplitFdStream {
                     let name = name.to_vec();
                     let (file, on_disk) = self.getter.open(&name)?;
                     if on_disk != size {
-                        return Err(self.getter.integrity(
-                            &name,
-                            format!("file is {on_disk} bytes on disk, the tar records {size}"),
-                        ));
+                        return Err(self.getter.size_mismatch(&name, on_disk, size));
                     }
                     return Ok(Some(TarSplitItem::FileContent {
                         fd: file.into(),
