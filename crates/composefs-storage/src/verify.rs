@@ -560,12 +560,37 @@ impl MetaWalk<'_> {
         }
     }
 
-    fn walk(&mut self, dir: &Dir, rel: &[u8]) -> Result<()> {
+    /// Walks the layer's directory without recursion (a tree may be thousands of levels
+    /// deep): directories are pushed by path and opened beneath the root when their turn
+    /// comes, so one handle is open at a time.
+    fn walk(&mut self, root: &Dir) -> Result<()> {
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
+        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(rel) = stack.pop() {
+            let opened;
+            let dir: &Dir = if rel.is_empty() {
+                root
+            } else {
+                opened = fsutil::open_dir_nofollow(root, os_path(&rel))
+                    .map_err(|e| self.err(&rel, e))?;
+                &opened
+            };
+            self.walk_dir(dir, &rel, &mut buf, &mut stack)?;
+        }
+        Ok(())
+    }
+
+    fn walk_dir(
+        &mut self,
+        dir: &Dir,
+        rel: &[u8],
+        buf: &mut [std::mem::MaybeUninit<u8>],
+        stack: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
         // getdents on the handle itself: a directory the user-namespace helper opened for a
         // rootless user cannot be reopened.
         let mut names: Vec<Vec<u8>> = Vec::new();
-        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
-        let mut rd = rustix::fs::RawDir::new(dir, &mut buf[..]);
+        let mut rd = rustix::fs::RawDir::new(dir, buf);
         while let Some(e) = rd.next() {
             let e = e.map_err(|e| self.err(rel, e.into()))?;
             let n = e.file_name().to_bytes();
@@ -579,14 +604,12 @@ impl MetaWalk<'_> {
             let st = fsutil::lstat_at(dir, os_path(&name)).map_err(|e| self.err(&path, e))?;
             let ft = FileType::from_raw_mode(st.st_mode);
             self.files += 1;
-            let mut sub: Option<Dir> = None;
+            let mut descend = ft == FileType::Directory;
             let xattrs = match ft {
                 FileType::Directory => {
                     let d = fsutil::open_dir_nofollow(dir, os_path(&name))
                         .map_err(|e| self.err(&path, e))?;
-                    let x = fsutil::fd_xattrs(&d).map_err(|e| self.err(&path, e))?;
-                    sub = Some(d);
-                    x
+                    fsutil::fd_xattrs(&d).map_err(|e| self.err(&path, e))?
                 }
                 FileType::RegularFile => {
                     let (f, _) = fsutil::open_regular(dir, os_path(&name), Follow::No)
@@ -628,6 +651,9 @@ impl MetaWalk<'_> {
             match self.expected.remove(&path) {
                 None => {
                     if !(ft == FileType::Directory && self.implied.contains(&path)) {
+                        // Everything below an extra directory is extra too: it is reported
+                        // once.
+                        descend = false;
                         self.diff(
                             &path,
                             DifferenceKind::Extra {
@@ -660,8 +686,8 @@ impl MetaWalk<'_> {
                 }
                 Some(Expect::Entry(h)) => self.compare(dir, &name, &path, &h, &st, &xattrs)?,
             }
-            if let Some(d) = sub {
-                self.walk(&d, &path)?;
+            if descend {
+                stack.push(path);
             }
         }
         Ok(())
@@ -995,7 +1021,7 @@ pub fn compare_layer_metadata(layer: &Layer) -> Result<Option<MetadataReport>> {
         w.expected.insert(path, Expect::Entry(Box::new(h)));
     }
     let diff = layer.diff_dir()?;
-    w.walk(&diff, b"")?;
+    w.walk(&diff)?;
     // Hard links: the same file as their target.
     for (p, t) in std::mem::take(&mut w.links) {
         let (a, b) = (w.inodes.get(&p), w.inodes.get(&t));

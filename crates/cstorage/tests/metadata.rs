@@ -5,7 +5,7 @@
 //! `podman system check` beside it.)
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -13,19 +13,13 @@ use serde_json::Value;
 use testutil::fixtures::{Standard, standard};
 use testutil::{Blob, OciLayout, TestStore, go_arch, python_tar, run};
 
-fn empty_conf() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("cst-meta-empty-{}.conf", std::process::id()));
-        std::fs::write(&p, "").unwrap();
-        p
-    })
-}
-
 fn cstorage(store: &TestStore) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
     c.args(store.cstorage_args());
-    c.env("CONTAINERS_STORAGE_CONF", empty_conf());
+    // Keep the host's storage.conf out: an empty one beside the store.
+    let empty = store.root.parent().unwrap().join("empty-storage.conf");
+    std::fs::write(&empty, "").unwrap();
+    c.env("CONTAINERS_STORAGE_CONF", empty);
     c
 }
 
@@ -306,4 +300,31 @@ fn overlay_stub_in_an_image_layer_is_reported() {
         assert_eq!(d["kind"], "overlay-stub");
         assert_eq!(d["xattr"], "trusted.overlay.metacopy");
     }
+}
+
+/// A 5000-deep tree planted in a layer (deeper than PATH_MAX allows naming in one path) is
+/// one difference, its top; checking it neither recurses 5000 frames nor opens 5000 handles.
+#[test]
+fn planted_deep_tree_is_one_difference() {
+    let (s, ids) = store_with(&[]);
+    let top = s.root.join("overlay").join(&ids[1]).join("diff");
+    let script = r#"
+import os, sys
+os.chdir(sys.argv[1])
+for i in range(5000):
+    os.mkdir("d")
+    os.chdir("d")
+open("leaf", "w").write("deep\n")
+"#;
+    run(Command::new("python3").arg("-c").arg(script).arg(&top));
+    let (checks, ok) = metadata_checks(&mut cstorage(&s));
+    assert!(!ok);
+    let diffs: Vec<&Value> = checks
+        .iter()
+        .flat_map(|c| c["differences"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(diffs.len(), 1, "{checks:#?}");
+    assert_eq!(diffs[0]["path"], "d");
+    assert_eq!(diffs[0]["kind"], "extra");
+    assert_eq!(diffs[0]["disk"], "directory");
 }
