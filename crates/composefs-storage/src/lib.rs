@@ -124,6 +124,7 @@ pub mod layer;
 pub mod layer_files;
 mod lock;
 pub mod manifest;
+mod naive_diff;
 mod native_diff;
 pub mod output;
 mod records;

@@ -46,7 +46,7 @@ struct Gen<'a, W: Write> {
     buf: Vec<u8>,
 }
 
-fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
+pub(crate) fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
     if map.is_empty() {
         return Some(id);
     }
@@ -56,7 +56,7 @@ fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
     })
 }
 
-fn keep_xattr(name: &[u8]) -> bool {
+pub(crate) fn keep_xattr(name: &[u8]) -> bool {
     name == b"security.capability"
         || name == b"security.ima"
         || (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
@@ -329,6 +329,13 @@ pub(crate) fn generate(
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
     let _locks = layer.lock_and_check()?;
+    if crate::naive_diff::wanted(layer)? {
+        log::debug!(
+            "layer {}: c/storage diffs it against its parent (naive diff), so does this export",
+            layer.id()
+        );
+        return crate::naive_diff::generate(layer, w, _name, opts);
+    }
     log::debug!(
         "layer {} has no tar-split: generating a tar from its diff directory; it is not the original layer blob and its digest will differ",
         layer.id()

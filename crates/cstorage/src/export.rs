@@ -170,11 +170,11 @@ pub fn images(
 /// `cstorage verify`: prints a table (or JSON) of checks; returns how many failed.
 pub fn verify(
     images: &[composefs_storage::Image],
-    jobs: usize,
+    opts: &composefs_storage::verify::VerifyOptions,
     out: &mut impl std::io::Write,
     json: bool,
 ) -> Result<usize> {
-    use composefs_storage::verify::verify_images;
+    use composefs_storage::verify::verify_images_with;
     let pb = progress_bar(None, "verifying layers".into());
     let progress: Option<composefs_storage::verify::VerifyProgress> = pb.as_ref().map(|pb| {
         let pb = pb.clone();
@@ -188,7 +188,7 @@ pub fn verify(
             });
         f
     });
-    let checks = verify_images(images, jobs, progress);
+    let checks = verify_images_with(images, opts, progress);
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -118,6 +118,10 @@ enum Command {
         /// Layers checked in parallel (default: number of CPUs).
         #[arg(long, default_value_t = 0, value_name = "N")]
         jobs: usize,
+        /// Also compare each layer's files with its tar headers: paths, types, modes,
+        /// owners, sizes, symlink targets, devices, xattrs.
+        #[arg(long)]
+        metadata: bool,
     },
     /// List a directory of an image's merged root filesystem (no mount needed).
     Ls {
@@ -608,7 +612,12 @@ fn run(cli: Cli) -> Result<()> {
                 fmt::json(&mut out, &v)?;
             }
         }
-        Command::Verify { images, all, jobs } => {
+        Command::Verify {
+            images,
+            all,
+            jobs,
+            metadata,
+        } => {
             let imgs = if *all {
                 storage.list_images()?
             } else {
@@ -618,7 +627,9 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|q| storage.find_image(q))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let bad = export::verify(&imgs, *jobs, &mut out, json)?;
+            let opts =
+                composefs_storage::verify::VerifyOptions::new(*jobs).with_metadata(*metadata);
+            let bad = export::verify(&imgs, &opts, &mut out, json)?;
             out.flush().context("writing output")?;
             if bad > 0 {
                 anyhow::bail!("{bad} of the checks failed");
