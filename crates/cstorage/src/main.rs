@@ -134,6 +134,8 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Serve the store as a read-only OCI registry (pull only) until SIGINT/SIGTERM.
+    Serve(cstorage_serve::ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -457,6 +459,7 @@ fn run(cli: Cli) -> Result<()> {
             format == Format::Json,
             &mut out,
         )?,
+        Command::Serve(args) => cstorage_serve::run(storage.clone(), args)?,
         Command::Cat { image, paths } => rootfs::cat(&storage, image, paths, &mut out)?,
         Command::Stat { image, path } => {
             rootfs::stat(&storage, image, path, format == Format::Json, &mut out)?
