@@ -339,6 +339,20 @@ fn podman_pulls_into_a_second_store_and_through_a_docker_io_mirror() {
         go_diff_ids(&a, &name),
         f.built["localhost/app1:latest"].diff_ids
     );
+    // Node A now serves what it pulled: the same manifest bytes (A stored B's uncompressed
+    // manifest, and serves stored bytes), so the digest is the same on every node.
+    let from_b = curl(&[&srv.url("/v2/localhost/app1/manifests/latest")]);
+    let srv_a = Server::start(&a, &[]);
+    let repo_a = format!("{}/localhost/app1", srv.addr);
+    let from_a = curl(&[&srv_a.url(&format!("/v2/{repo_a}/manifests/latest"))]);
+    assert_eq!(
+        from_a.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&from_a.body)
+    );
+    assert_eq!(from_a.body, from_b.body);
+    drop(srv_a);
     // As a registry mirror for docker.io: podman asks for library/dockerimg, with no other
     // network (docker.io itself is unreachable here, so only the mirror can answer).
     let dir = tempfile::tempdir().unwrap();
