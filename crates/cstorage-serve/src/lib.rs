@@ -40,8 +40,8 @@ use crate::registry::Policy;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address to listen on: IP:PORT (`[::1]:5000` for IPv6) or `unix:PATH`; repeatable
-    /// (default 127.0.0.1:5000). Port 0 picks a free port; every address listened on is
-    /// printed on standard output.
+    /// (default: the sockets systemd passes by socket activation, else 127.0.0.1:5000).
+    /// Port 0 picks a free port; every address listened on is printed on standard output.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// TLS certificate chain (PEM); serves HTTPS with --tls-key.
@@ -93,6 +93,25 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError 
 enum Addr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// A listening socket passed by systemd (socket activation).
+    Inherited(std::os::fd::RawFd),
+}
+
+/// The listening sockets systemd passed (`LISTEN_PID` = this process, `LISTEN_FDS` = n:
+/// descriptors 3 to 3+n-1), if any.
+fn activation_fds() -> Vec<Addr> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let n = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !ours || !(1..=64).contains(&n) {
+        return Vec::new();
+    }
+    (3..3 + n).map(Addr::Inherited).collect()
 }
 
 fn parse_addr(s: &str) -> Result<Addr, ServeError> {
@@ -133,7 +152,14 @@ fn tls_config(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor
 
 /// Serves `storage` until SIGINT or SIGTERM.
 pub fn run(storage: Storage, args: &ServeArgs) -> Result<(), ServeError> {
-    let addrs = if args.listen.is_empty() {
+    let activated = if args.listen.is_empty() {
+        activation_fds()
+    } else {
+        Vec::new()
+    };
+    let addrs = if !activated.is_empty() {
+        activated
+    } else if args.listen.is_empty() {
         vec![Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 5000)))]
     } else {
         args.listen
@@ -208,6 +234,33 @@ async fn serve(
                 let local = l.local_addr().map_err(io_err(format!("{sa}")))?;
                 println!("listening on {scheme}://{local}");
                 listeners.push(Listener::Tcp(l));
+            }
+            Addr::Inherited(fd) => {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                let what = || format!("the socket systemd passed as descriptor {fd}");
+                // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is ours)
+                // for it to own; each descriptor is taken once, here.
+                let tcp = unsafe { std::net::TcpListener::from_raw_fd(*fd) };
+                if let Ok(local) = tcp.local_addr() {
+                    tcp.set_nonblocking(true).map_err(io_err(what()))?;
+                    let l = TcpListener::from_std(tcp).map_err(io_err(what()))?;
+                    println!("listening on {scheme}://{local} (socket activation)");
+                    listeners.push(Listener::Tcp(l));
+                } else {
+                    // Not an IP socket: a unix one (getsockname gave no IP address).
+                    let fd = tcp.into_raw_fd();
+                    // SAFETY: the same descriptor, released by the TcpListener just above.
+                    let unix = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+                    let path = unix
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(PathBuf::from))
+                        .unwrap_or_default();
+                    unix.set_nonblocking(true).map_err(io_err(what()))?;
+                    let l = UnixListener::from_std(unix).map_err(io_err(what()))?;
+                    println!("listening on unix:{} (socket activation)", path.display());
+                    listeners.push(Listener::Unix(l, path));
+                }
             }
             Addr::Unix(p) => {
                 use std::os::unix::fs::FileTypeExt;

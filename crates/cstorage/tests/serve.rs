@@ -1151,3 +1151,71 @@ fn ipv6_unix_socket_limits_and_removed_images() {
     drop(srv);
     assert!(!sock.exists(), "the socket is removed at shutdown");
 }
+
+#[test]
+fn systemd_socket_activation() {
+    let f = fixture();
+    testutil::require_tool("systemd-socket-activate");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // systemd-socket-activate listens, and on the first connection execs cstorage with the
+    // socket as descriptor 3 (LISTEN_FDS=1, LISTEN_PID = its own PID, kept across exec).
+    let mut c = cstorage(&f.store);
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let envs: Vec<(String, String)> = c
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+        .collect();
+    c = Command::new("systemd-socket-activate");
+    c.arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(env!("CARGO_BIN_EXE_cstorage"))
+        .args(args)
+        .args(["--log-level", "info", "serve"])
+        .envs(envs)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let url = format!("http://127.0.0.1:{port}/v2/localhost/app2/tags/list");
+    let mut r = curl(&[&url]);
+    for _ in 0..50 {
+        if r.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        r = curl(&[&url]);
+    }
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    let mut status = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Reaps it in every case (the kill does nothing if it exited by itself).
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        r.json()["tags"],
+        serde_json::json!(["latest", "v2"]),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        format!("listening on http://127.0.0.1:{port} (socket activation)\n")
+    );
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
