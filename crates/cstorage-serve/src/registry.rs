@@ -336,6 +336,9 @@ impl View {
                 .into_iter()
                 .find(|l| l.diff_id() == Some(digest.clone()))
             {
+                if let Some(reason) = l.not_reproducible_reason()? {
+                    return spec(Code::BlobUnknown, format!("layer {}: {reason}", l.id()));
+                }
                 let size = l.diff_size();
                 return Ok(Blob::Layer(Box::new(l), size));
             }
@@ -344,9 +347,19 @@ impl View {
     }
 }
 
-/// The manifest served for an image (see [`uncompressed_manifest`]).
+/// The manifest served for an image (see [`uncompressed_manifest`]). An image with a layer
+/// whose tar cannot be rebuilt (a partial pull known by its table of contents) is not served,
+/// so that a client falls back to another mirror or the registry instead of failing halfway.
 pub fn served_manifest(img: &Image) -> R<ServedManifest> {
     let bytes = uncompressed_manifest(img)?;
+    for l in img.layers()? {
+        if let Some(reason) = l.not_reproducible_reason()? {
+            return spec(
+                Code::ManifestUnknown,
+                format!("image {}: layer {}: {reason}", img.id(), l.id()),
+            );
+        }
+    }
     Ok(ServedManifest {
         digest: sha256_digest(&bytes),
         bytes,
