@@ -68,8 +68,12 @@ $CSTA image export localhost/big:latest -o "$LAYOUT"
 MDIGEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$LAYOUT/index.json")
 MFILE=$LAYOUT/blobs/sha256/${MDIGEST#sha256:}
 for d in $(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["config"]["digest"]); [print(l["digest"]) for l in m["layers"]]' "$MFILE"); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/octet-stream' \
-        -T "$LAYOUT/blobs/sha256/${d#sha256:}" "http://$RADDR/v2/localhost/big/blobs/uploads/?digest=$d")
+    # An upload session, then the whole blob in one PUT (streamed from the file).
+    loc=$(curl -s -D - -o /dev/null -X POST "http://$RADDR/v2/localhost/big/blobs/uploads/" |
+        sed -n 's/^[Ll]ocation: *//p' | tr -d '\r')
+    case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/octet-stream' \
+        -T "$LAYOUT/blobs/sha256/${d#sha256:}" "$loc${sep}digest=$d")
     [ "$code" = 201 ] || { echo "pushing $d to docker-registry: HTTP $code" >&2; exit 1; }
 done
 code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \

@@ -36,6 +36,8 @@ pub struct State {
     pub policy: Policy,
     /// Authentication, if required.
     pub auth: Option<Htpasswd>,
+    /// What is checked while a whole layer blob is rebuilt.
+    pub verify: Verify,
     /// The runtime, for blocking threads to wait on the channel.
     pub handle: tokio::runtime::Handle,
 }
@@ -521,6 +523,7 @@ fn stream_layer(
     digest: String,
 ) -> ResBody {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let verify = state.verify;
     let mut w = ChanWriter {
         tx,
         handle: state.handle.clone(),
@@ -530,9 +533,9 @@ fn stream_layer(
         client_gone: false,
     };
     tokio::task::spawn_blocking(move || {
-        // The whole blob is checked file by file (CRC-64) and against its DiffID; a range
-        // stops early, so only the files it passes are checked.
-        let verify = if ranged { Verify::Crc } else { Verify::Digest };
+        // The whole blob is checked file by file (CRC-64), and with --verify digest against
+        // its DiffID; a range stops early, so only the files it passes are checked.
+        let verify = if ranged { Verify::Crc } else { verify };
         let r = layer.export(&mut w, &ExportOptions::new(verify));
         let done = ranged && w.remaining == Some(0);
         match r {

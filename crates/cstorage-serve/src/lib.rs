@@ -12,8 +12,9 @@
 //!   stored per platform: its tag serves the manifest of the one platform in the store, never
 //!   the list.
 //! - Layer blobs are rebuilt from tar-split while they are sent, each file checked against
-//!   its CRC-64 and the whole blob against its DiffID; a failed check aborts the connection
-//!   before the last bytes, so a client never receives a complete wrong blob.
+//!   its CRC-64 (with `--verify digest` also the whole blob against its DiffID); a failed
+//!   check aborts the connection before the last bytes, so a client never receives a
+//!   complete wrong blob.
 //!
 //! The HTTP stack is hyper on tokio, TLS is rustls; the store is read on blocking threads.
 
@@ -62,9 +63,23 @@ pub struct ServeArgs {
     /// up under it (`library/alpine` as `docker.io/library/alpine`); repeatable.
     #[arg(long, value_name = "DOMAIN")]
     pub mirror_of: Vec<String>,
+    /// What is checked while a layer blob is rebuilt: `crc` (each file's size and CRC-64
+    /// against the tar-split record) or `digest` (also the sha256 of the whole blob against
+    /// its DiffID, which costs CPU time; clients check it too). A failed check aborts the
+    /// transfer before its last bytes.
+    #[arg(long, default_value = "crc", value_name = "MODE", value_parser = parse_verify)]
+    pub verify: composefs_storage::Verify,
     /// Connections served at once; more wait to be accepted.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_connections: usize,
+}
+
+fn parse_verify(s: &str) -> Result<composefs_storage::Verify, String> {
+    match s {
+        "crc" => Ok(composefs_storage::Verify::Crc),
+        "digest" => Ok(composefs_storage::Verify::Digest),
+        o => Err(format!("{o:?} is not one of crc, digest")),
+    }
 }
 
 /// Why the server could not start or stopped.
@@ -193,6 +208,7 @@ pub fn run(storage: Storage, args: &ServeArgs) -> Result<(), ServeError> {
             mirror_of: args.mirror_of.clone(),
         },
         auth,
+        verify: args.verify,
         handle: rt.handle().clone(),
     });
     let r = rt.block_on(serve(state, addrs, tls, args.max_connections));

@@ -784,37 +784,43 @@ fn corrupted_layer_aborts_that_blob_only() {
     let mut b = std::fs::read(&file).unwrap();
     b[100_000] ^= 0xff;
     std::fs::write(&file, &b).unwrap();
-    let srv = Server::start(&store, &[]);
-    let blob = |d: &str| srv.url(&format!("/v2/localhost/app2/blobs/{d}"));
-    let r = curl(&[&blob(&built.diff_ids[1])]);
-    assert_ne!(r.exit, 0, "curl must see a failed transfer: {r:?}");
-    assert!(
-        (r.body.len() as u64) < 200_000,
-        "the body stopped before its end ({} bytes)",
-        r.body.len()
-    );
-    let log = srv.log_text();
-    assert!(
-        log.contains(&top) && log.contains("two.bin"),
-        "logged with layer and file:\n{log}"
-    );
-    // The other blobs are fine.
-    let r = curl(&[&blob(&built.diff_ids[0])]);
-    assert_eq!(
-        (r.exit, format!("sha256:{}", sha256_hex(&r.body))),
-        (0, built.diff_ids[0].clone())
-    );
-    let r = curl(&[&blob(&built.config_digest)]);
-    assert_eq!((r.exit, r.status), (0, 200));
-    // skopeo fails to pull it, rather than getting a wrong layer.
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args(["copy", "-q", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/localhost/app2:latest", srv.addr))
-        .arg(format!("oci:{}:x", tmp.path().display()))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    // Both verification modes check each file's CRC-64.
+    for verify in ["crc", "digest"] {
+        let srv = Server::start(&store, &["--verify", verify]);
+        let blob = |d: &str| srv.url(&format!("/v2/localhost/app2/blobs/{d}"));
+        let r = curl(&[&blob(&built.diff_ids[1])]);
+        assert_ne!(
+            r.exit, 0,
+            "--verify {verify}: curl must see a failed transfer: {r:?}"
+        );
+        assert!(
+            (r.body.len() as u64) < 200_000,
+            "the body stopped before its end ({} bytes)",
+            r.body.len()
+        );
+        let log = srv.log_text();
+        assert!(
+            log.contains(&top) && log.contains("two.bin"),
+            "logged with layer and file:\n{log}"
+        );
+        // The other blobs are fine.
+        let r = curl(&[&blob(&built.diff_ids[0])]);
+        assert_eq!(
+            (r.exit, format!("sha256:{}", sha256_hex(&r.body))),
+            (0, built.diff_ids[0].clone())
+        );
+        let r = curl(&[&blob(&built.config_digest)]);
+        assert_eq!((r.exit, r.status), (0, 200));
+        // skopeo fails to pull it, rather than getting a wrong layer.
+        let tmp = tempfile::tempdir().unwrap();
+        let out = Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/localhost/app2:latest", srv.addr))
+            .arg(format!("oci:{}:x", tmp.path().display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
 }
 
 #[test]
