@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: `cstorage serve` against Debian's docker-registry (distribution 2.8) serving the
 # same uncompressed 3-layer, 1.3 GB image (the store of bench/image-export.sh), on loopback.
-#   1. skopeo pulls the image into dir: from each (ratio = time / cstorage serve)
+#   1. skopeo pulls the image into dir: from each (ratio = time / cstorage serve), and from
+#      cstorage serve --verify digest
 #   2. end to end into a new store: serve + skopeo copy docker://... containers-storage:
 #      vs skopeo copy oci:LAYOUT containers-storage: (a layout on disk), the registry route,
 #      and podman save | podman load
@@ -43,6 +44,12 @@ SRV_PID=$!; PIDS+=("$SRV_PID")
 for _ in $(seq 100); do grep -q listening "$S/serve.out" && break; sleep 0.1; done
 CADDR=$(sed -n 's|^listening on http://||p' "$S/serve.out" | head -1)
 [ -n "$CADDR" ] || { cat "$S/serve.log" >&2; echo "cstorage serve did not start" >&2; exit 1; }
+# A second one checking each blob's sha256 too.
+$CSTA --log-level warn serve --verify digest --listen 127.0.0.1:0 >"$S/serve2.out" 2>"$S/serve2.log" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q listening "$S/serve2.out" && break; sleep 0.1; done
+DADDR=$(sed -n 's|^listening on http://||p' "$S/serve2.out" | head -1)
+[ -n "$DADDR" ] || { cat "$S/serve2.log" >&2; echo "cstorage serve --verify digest did not start" >&2; exit 1; }
 
 # docker-registry with the same image, uncompressed: the layout `image export` writes, pushed
 # blob by blob as it is (skopeo would gzip layers on the way to a registry).
@@ -92,8 +99,9 @@ echo "image: localhost/big:latest, manifest $MDIGEST, largest layer $BIG ($(stat
 OUT=$S/out
 hyperfine --warmup 1 --runs "${RUNS:-3}" --export-json "$S/pull.json" --prepare "rm -rf $OUT" \
     "skopeo copy -q --src-tls-verify=false docker://$CADDR/localhost/big:latest dir:$OUT" \
-    "skopeo copy -q --src-tls-verify=false docker://$RADDR/localhost/big:latest dir:$OUT" >/dev/null
-echo "== 1. skopeo pull into dir: (ratio = time / cstorage serve; 2nd = docker-registry)"
+    "skopeo copy -q --src-tls-verify=false docker://$RADDR/localhost/big:latest dir:$OUT" \
+    "skopeo copy -q --src-tls-verify=false docker://$DADDR/localhost/big:latest dir:$OUT" >/dev/null
+echo "== 1. skopeo pull into dir: (ratio = time / cstorage serve; 2nd = docker-registry, 3rd = cstorage serve --verify digest)"
 ratios "$S/pull.json"
 
 DST=$S/dst
