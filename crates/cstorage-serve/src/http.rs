@@ -22,8 +22,10 @@ use crate::registry::{self, Blob, Code, Error, Policy, View};
 /// Response bodies: small ones in memory, layers streamed.
 pub type ResBody = BoxBody<Bytes, std::io::Error>;
 
-/// Bytes of a layer blob per message on the channel from the exporting thread.
-const CHANNEL_DEPTH: usize = 4;
+/// Messages (pieces of a layer blob) the channel from the exporting thread holds.
+const CHANNEL_DEPTH: usize = 8;
+/// Largest piece of a layer blob per message.
+const CHUNK: usize = 64 << 10;
 /// A client that reads nothing of a blob for this long is dropped (its export holds the
 /// store's shared lock).
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -499,8 +501,13 @@ impl Write for ChanWriter {
             if let Some(r) = &mut self.remaining {
                 *r -= b.len() as u64;
             }
-            if let Some(p) = self.pending.replace(Bytes::copy_from_slice(b)) {
-                self.send(Ok(p))?;
+            // Pieces of at most CHUNK bytes: the allocator keeps them in small pages that
+            // are reused, where whole 256 KiB buffers of the export would each take pages
+            // of their own in every thread's heap.
+            for piece in b.chunks(CHUNK) {
+                if let Some(p) = self.pending.replace(Bytes::copy_from_slice(piece)) {
+                    self.send(Ok(p))?;
+                }
             }
         }
         if self.remaining == Some(0) {
