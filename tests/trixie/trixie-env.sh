@@ -33,7 +33,7 @@ REG_ADDR=127.0.0.1:5000
 REG_DIR=$WORK/registry
 PACKAGES=(podman skopeo containers-storage docker-registry fuse-overlayfs
           tar-split umoci runc conmon golang-github-containers-common netavark
-          catatonit busybox-static python3 ca-certificates zstd jq file)
+          catatonit busybox-static python3 ca-certificates zstd jq file oras)
 
 die() { echo "trixie-env: ERROR: $*" >&2; exit 1; }
 log() { echo "trixie-env: $*" >&2; }
@@ -171,6 +171,12 @@ do_setup() {
 			in_chroot apt-get install -y -q --no-install-recommends -t sid composefs >>"$CACHE/apt.log" 2>&1 ||
 				log "WARNING: composefs not installable from sid either (see $CACHE/apt.log); composefs stores unavailable"
 		fi
+	fi
+	# crane (go-containerregistry) is packaged in sid only; the serve tests pull with it.
+	if ! in_chroot sh -c 'command -v crane' >/dev/null && [ -e "$ROOT/etc/apt/sources.list.d/sid.list" ]; then
+		log "installing crane from sid"
+		in_chroot apt-get install -y -q --no-install-recommends -t sid crane >>"$CACHE/apt.log" 2>&1 ||
+			log "WARNING: crane not installable from sid (see $CACHE/apt.log)"
 	fi
 	in_chroot apt-get clean >/dev/null 2>&1 || true
 	log "setup done in $(( $(date +%s) - t0 ))s"

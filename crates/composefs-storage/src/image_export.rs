@@ -150,6 +150,8 @@ struct Prepared {
     config_digest: Digest,
     layers: Vec<Layer>,
     annotations: Option<Value>,
+    /// The stored manifest's exact bytes.
+    stored_manifest: Vec<u8>,
 }
 
 fn hex(d: &Digest) -> &str {
@@ -392,35 +394,35 @@ fn export_layers(
 }
 
 fn prepare(items: &[ExportItem]) -> Result<Vec<Prepared>> {
-    items
-        .iter()
-        .map(|it| {
-            let img = &it.image;
-            let manifest = img.manifest()?;
-            if !manifest.kind().is_image() {
-                return Err(StorageError::image(
-                    img.id(),
-                    format!(
-                        "its manifest is {}; only OCI and Docker schema 2 images can be exported",
-                        manifest.kind().media_type()
-                    ),
-                ));
-            }
-            let parsed: Value = serde_json::from_slice(manifest.bytes())
-                .map_err(|e| StorageError::image(img.id(), format!("manifest: {e}")))?;
-            let config = img.config_bytes()?;
-            let config_digest = img.config_digest()?;
-            let layers = img.layers()?;
-            Ok(Prepared {
-                image: img.clone(),
-                name: it.name.clone(),
-                config,
-                config_digest,
-                layers,
-                annotations: parsed.get("annotations").cloned(),
-            })
-        })
-        .collect()
+    items.iter().map(prepare_one).collect()
+}
+
+fn prepare_one(it: &ExportItem) -> Result<Prepared> {
+    let img = &it.image;
+    let manifest = img.manifest()?;
+    if !manifest.kind().is_image() {
+        return Err(StorageError::image(
+            img.id(),
+            format!(
+                "its manifest is {}; only OCI and Docker schema 2 images can be exported",
+                manifest.kind().media_type()
+            ),
+        ));
+    }
+    let parsed: Value = serde_json::from_slice(manifest.bytes())
+        .map_err(|e| StorageError::image(img.id(), format!("manifest: {e}")))?;
+    let config = img.config_bytes()?;
+    let config_digest = img.config_digest()?;
+    let layers = img.layers()?;
+    Ok(Prepared {
+        image: img.clone(),
+        name: it.name.clone(),
+        config,
+        config_digest,
+        layers,
+        annotations: parsed.get("annotations").cloned(),
+        stored_manifest: manifest.bytes().to_vec(),
+    })
 }
 
 fn unique_layers(prepared: &[Prepared]) -> Vec<Layer> {
@@ -436,7 +438,81 @@ fn unique_layers(prepared: &[Prepared]) -> Vec<Layer> {
     out
 }
 
+/// The manifest written for `p` whose layers are `blobs`: the stored manifest's bytes
+/// unchanged if it is an OCI manifest describing exactly these blobs and the config (as a
+/// manifest whose layers were stored uncompressed is, for uncompressed layers), so its digest
+/// stays the one it was pulled by; otherwise a new OCI manifest listing them.
 fn oci_manifest(p: &Prepared, blobs: &HashMap<String, BlobInfo>) -> Result<Vec<u8>> {
+    if stored_manifest_matches(p, blobs) {
+        return Ok(p.stored_manifest.clone());
+    }
+    new_oci_manifest(p, blobs)
+}
+
+fn stored_manifest_matches(p: &Prepared, blobs: &HashMap<String, BlobInfo>) -> bool {
+    let Ok(m) = serde_json::from_slice::<Value>(&p.stored_manifest) else {
+        return false;
+    };
+    let desc_is = |d: &Value, media_type: &str, digest: &Digest, size: u64| {
+        d["mediaType"].as_str() == Some(media_type)
+            && d["digest"].as_str() == Some(digest.as_ref())
+            && d["size"].as_u64() == Some(size)
+    };
+    let Some(layers) = m["layers"].as_array() else {
+        return false;
+    };
+    m["schemaVersion"].as_u64() == Some(2)
+        && m["mediaType"].as_str() == Some(MEDIA_TYPE_OCI_MANIFEST)
+        && desc_is(
+            &m["config"],
+            MEDIA_TYPE_OCI_CONFIG,
+            &p.config_digest,
+            p.config.len() as u64,
+        )
+        && layers.len() == p.layers.len()
+        && layers.iter().zip(&p.layers).all(|(d, l)| {
+            blobs
+                .get(l.id())
+                .is_some_and(|b| desc_is(d, &b.media_type, &b.digest, b.size))
+        })
+}
+
+/// The OCI manifest an image is exported with uncompressed (`cstorage image export`, the
+/// default) and served with (`cstorage serve`): layers `application/vnd.oci.image.layer.v1.tar`
+/// with digest = DiffID and size = diff-size, the stored config blob unchanged, the stored
+/// manifest's annotations. If the stored manifest is already exactly that (an OCI image
+/// stored with uncompressed layers), its bytes are returned unchanged.
+///
+/// Fails for images whose manifest is not an image manifest (OCI or Docker schema 2), and
+/// for layers without a DiffID or without a known size.
+pub fn uncompressed_manifest(image: &Image) -> Result<Vec<u8>> {
+    let p = prepare_one(&ExportItem {
+        image: image.clone(),
+        name: None,
+    })?;
+    let mut blobs = HashMap::new();
+    for l in &p.layers {
+        let missing = |what: &str| {
+            StorageError::layer(
+                l.id(),
+                format!("has no {what}; it cannot be served as an image layer"),
+            )
+        };
+        let digest = l.diff_id().ok_or_else(|| missing("DiffID"))?;
+        let size = l.diff_size().ok_or_else(|| missing("diff-size"))?;
+        blobs.insert(
+            l.id().to_string(),
+            BlobInfo {
+                digest,
+                size,
+                media_type: MEDIA_TYPE_OCI_LAYER.into(),
+            },
+        );
+    }
+    oci_manifest(&p, &blobs)
+}
+
+fn new_oci_manifest(p: &Prepared, blobs: &HashMap<String, BlobInfo>) -> Result<Vec<u8>> {
     let layers: Vec<Value> = p
         .layers
         .iter()

@@ -185,6 +185,8 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Serve the store as a read-only OCI registry (pull only) until SIGINT/SIGTERM.
+    Serve(cstorage_serve::ServeArgs),
 }
 
 /// Options of `unpack` and `cp`.
@@ -649,6 +651,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             &mut out,
         )?,
+        Command::Serve(args) => cstorage_serve::run(storage.clone(), args)?,
         Command::Cat { image, paths } => rootfs::cat(&storage, image, paths, &mut out)?,
         Command::Stat { image, path } => rootfs::stat(&storage, image, path, json, &mut out)?,
         Command::Diff { image_a, image_b } => {
