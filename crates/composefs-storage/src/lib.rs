@@ -65,6 +65,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "composefs")]
+pub mod composefs;
 pub mod config;
 pub mod error;
 pub mod export;

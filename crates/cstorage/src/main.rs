@@ -3,6 +3,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod composefs;
 mod export;
 mod fmt;
 mod ls;
@@ -128,6 +129,9 @@ enum Command {
         /// The image compared to.
         image_b: String,
     },
+    /// Composefs images of stored images: digest, dumpfile, EROFS image.
+    #[command(subcommand)]
+    Composefs(composefs::ComposefsCommand),
     /// List containers.
     Containers {
         /// Print only container IDs.
@@ -464,6 +468,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Diff { image_a, image_b } => {
             rootfs::diff(&storage, image_a, image_b, format == Format::Json, &mut out)?
         }
+        Command::Composefs(c) => composefs::run(&storage, c, &mut out)?,
         Command::Containers { quiet } => {
             let ctrs = storage.list_containers()?;
             if *quiet {

@@ -1,0 +1,343 @@
+//! `cstorage composefs`: an image's composefs digest, dumpfile and EROFS image, built from
+//! its layers' tar-split and files (see `composefs_storage::composefs`).
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use composefs_storage::composefs::composefs::fsverity::{
+    FsVerityHashValue, Sha256HashValue, Sha512HashValue,
+};
+use composefs_storage::composefs::{self as cfs, BuildOptions};
+use composefs_storage::{Image, Storage};
+
+/// The fs-verity hash of `composefs digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashAlg {
+    /// SHA-256 (what mkcomposefs and composefs-rs use by default).
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ComposefsCommand {
+    /// Print the composefs image digest (the fs-verity digest of its EROFS image, format 1
+    /// as composefs-rs writes for OCI images).
+    Digest {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// fs-verity hash algorithm.
+        #[arg(long, value_enum, default_value = "sha256")]
+        hash: HashAlg,
+    },
+    /// Write the composefs dumpfile of an image (what `mkcomposefs --from-file` reads).
+    Dump {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// Output file (`-` or none: standard output, refused on a terminal).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write the composefs EROFS image of an image and, with --digest-store, its content
+    /// objects (DIR/XX/REST by fs-verity digest, as `mkcomposefs --digest-store` does).
+    Mkfs {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The EROFS image file (`-`: standard output, refused on a terminal).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also store every non-inline file here, named by its fs-verity digest.
+        #[arg(long, value_name = "DIR")]
+        digest_store: Option<PathBuf>,
+    },
+}
+
+pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> Result<()> {
+    match cmd {
+        ComposefsCommand::Digest { image, hash } => {
+            let img = storage.find_image(image)?;
+            let hex = match hash {
+                HashAlg::Sha256 => digest::<Sha256HashValue>(&img)?,
+                HashAlg::Sha512 => digest::<Sha512HashValue>(&img)?,
+            };
+            writeln!(out, "{hex}")?;
+            out.flush().context("writing output")?;
+        }
+        ComposefsCommand::Dump { image, output } => {
+            let img = storage.find_image(image)?;
+            let fs = build::<Sha256HashValue>(&img, None)?;
+            write_output(output.as_deref(), "a dumpfile", |w| {
+                cfs::write_dumpfile(&mut { w }, &fs)?;
+                Ok(())
+            })?;
+        }
+        ComposefsCommand::Mkfs {
+            image,
+            output,
+            digest_store,
+        } => {
+            let img = storage.find_image(image)?;
+            let store = match digest_store {
+                Some(d) => Some(DigestStore::open(d)?),
+                None => None,
+            };
+            let sink = |d: &Sha256HashValue, f: &File, size: u64| {
+                store
+                    .as_ref()
+                    .map_or(Ok(()), |s| s.put(d, f, size))
+                    .map_err(|e| composefs_storage::StorageError::InvalidArgument(format!("{e:#}")))
+            };
+            let sink_ref: &cfs::ObjectSink<'_, Sha256HashValue> = &sink;
+            let fs = build::<Sha256HashValue>(&img, store.as_ref().map(|_| sink_ref))?;
+            let erofs = cfs::erofs_image(fs)?;
+            write_output(Some(output), "an EROFS image", |w| {
+                w.write_all(&erofs)?;
+                Ok(())
+            })?;
+            if let Some(s) = &store {
+                log::info!(
+                    "digest store {}: {} objects written, {} already there",
+                    s.root.display(),
+                    s.written.load(Ordering::Relaxed),
+                    s.reused.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build<H: FsVerityHashValue>(
+    img: &Image,
+    sink: Option<&cfs::ObjectSink<'_, H>>,
+) -> Result<cfs::composefs::tree::FileSystem<H>> {
+    let total: u64 = img
+        .layers()?
+        .iter()
+        .map(|l| l.diff_size().unwrap_or(0))
+        .sum();
+    let pb = crate::export::progress_bar(
+        Some(total),
+        format!("composefs {}", crate::fmt::short_id(img.id())),
+    );
+    let done = AtomicU64::new(0);
+    let progress = |n: u64| {
+        let v = done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(pb) = &pb {
+            pb.set_position(v);
+        }
+    };
+    let opts = BuildOptions {
+        sink,
+        progress: Some(&progress),
+        ..BuildOptions::default()
+    };
+    let fs = cfs::build_filesystem(img, &opts)
+        .with_context(|| format!("image {}: building its composefs tree", img.id()))?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(fs)
+}
+
+fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
+    let fs = build::<H>(img, None)?;
+    let erofs = cfs::erofs_image(fs)?;
+    Ok(cfs::image_digest::<H>(&erofs).to_hex())
+}
+
+/// Writes an output: `-` or `None` is standard output (refused on a terminal); a path that
+/// is a FIFO or a device is written into; otherwise a temporary file beside the target
+/// (symlinks followed) is written and renamed over it on success (keeping the mode of a file
+/// it replaces), and removed on failure.
+// TODO(lead): swap for the library's output module once it lands.
+fn write_output(
+    path: Option<&Path>,
+    what: &str,
+    f: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let path = path.filter(|p| p.as_os_str() != "-");
+    let Some(path) = path else {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            bail!(
+                "refusing to write {what} to a terminal: use -o FILE or redirect standard output"
+            );
+        }
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        f(&mut w)?;
+        w.flush().context("writing standard output")?;
+        return Ok(());
+    };
+    // Follow symlinks to the file that is meant.
+    let target = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let meta = std::fs::metadata(&target).ok();
+    if let Some(m) = &meta
+        && !m.is_file()
+    {
+        if m.is_dir() {
+            bail!("{}: is a directory", path.display());
+        }
+        let file = File::options()
+            .write(true)
+            .open(&target)
+            .with_context(|| format!("opening {}", target.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        f(&mut w)?;
+        w.flush()
+            .with_context(|| format!("writing {}", target.display()))?;
+        return Ok(());
+    }
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target.file_name().context("output has no file name")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let r = (|| -> Result<()> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        f(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        if let Some(m) = &meta {
+            file.set_permissions(m.permissions())?;
+        }
+        file.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// A `mkcomposefs --digest-store` directory: `XX/REST` files named by fs-verity digest.
+struct DigestStore {
+    root: PathBuf,
+    written: AtomicU64,
+    reused: AtomicU64,
+    seq: AtomicU64,
+}
+
+impl DigestStore {
+    fn open(root: &Path) -> Result<DigestStore> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating digest store {}", root.display()))?;
+        Ok(DigestStore {
+            root: root.to_path_buf(),
+            written: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Stores `src` (`size` bytes) as the object `digest` unless it is there already: a
+    /// reflink (FICLONE) where the file system allows it, else a copy (`copy_file_range`);
+    /// never a hard link to the store's file.
+    fn put<H: FsVerityHashValue>(&self, digest: &H, src: &File, size: u64) -> Result<()> {
+        let rel = cfs::object_path(digest);
+        let dest = self.root.join(&rel);
+        if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let dir = dest.parent().context("object path")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let r = (|| -> Result<()> {
+            let out = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            copy_content(src, &out, size).with_context(|| format!("writing {}", tmp.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            out.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            std::fs::rename(&tmp, &dest)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
+        self.written.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
+/// `copy_file_range`, else read/write.
+fn copy_content(src: &File, out: &File, size: u64) -> std::io::Result<()> {
+    if rustix::fs::ioctl_ficlone(out, src).is_ok() {
+        return Ok(());
+    }
+    let mut off_in = 0u64;
+    let mut off_out = 0u64;
+    while off_in < size {
+        let want = usize::try_from(size - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), out, Some(&mut off_out), want) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "source ended early",
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL)
+                if off_in == 0 =>
+            {
+                return copy_plain(src, out, size);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < size {
+        let want = buf
+            .len()
+            .min(usize::try_from(size - off).unwrap_or(usize::MAX));
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "source ended early",
+            ));
+        }
+        out.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
