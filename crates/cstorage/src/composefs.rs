@@ -92,12 +92,24 @@ pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> R
                     .map_err(|e| composefs_storage::StorageError::InvalidArgument(format!("{e:#}")))
             };
             let sink_ref: &cfs::ObjectSink<'_, Sha256HashValue> = &sink;
-            let fs = build::<Sha256HashValue>(&img, store.as_ref().map(|_| sink_ref))?;
-            let erofs = cfs::erofs_image(fs)?;
-            write_output(Some(output), "an EROFS image", |w| {
-                w.write_all(&erofs)?;
-                Ok(())
-            })?;
+            let r =
+                build::<Sha256HashValue>(&img, store.as_ref().map(|_| sink_ref)).and_then(|fs| {
+                    // Objects of files the image does not show (overwritten or deleted by
+                    // an upper layer) were stored while hashing: take them out again, as
+                    // mkcomposefs stores only what the image references.
+                    let used = referenced(&fs);
+                    let erofs = cfs::erofs_image(fs)?;
+                    write_output(Some(output), "an EROFS image", |w| {
+                        w.write_all(&erofs)?;
+                        Ok(())
+                    })?;
+                    Ok(used)
+                });
+            if let Some(s) = &store {
+                // On failure, nothing this run stored stays behind.
+                s.remove_written_except(r.as_ref().ok());
+            }
+            r?;
             if let Some(s) = &store {
                 log::info!(
                     "digest store {}: {} objects written, {} already there",
@@ -142,6 +154,20 @@ fn build<H: FsVerityHashValue>(
         pb.finish_and_clear();
     }
     Ok(fs)
+}
+
+/// The hex digests of the external files `fs` references.
+fn referenced<H: FsVerityHashValue>(
+    fs: &cfs::composefs::tree::FileSystem<H>,
+) -> std::collections::HashSet<String> {
+    use cfs::composefs::tree::{LeafContent, RegularFile};
+    fs.leaves
+        .iter()
+        .filter_map(|l| match &l.content {
+            LeafContent::Regular(RegularFile::External(d, _)) => Some(d.to_hex()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
@@ -238,6 +264,8 @@ struct DigestStore {
     written: AtomicU64,
     reused: AtomicU64,
     seq: AtomicU64,
+    /// Objects this run created (hex digest, path).
+    created: std::sync::Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl DigestStore {
@@ -249,6 +277,7 @@ impl DigestStore {
             written: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            created: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -286,7 +315,28 @@ impl DigestStore {
         }
         r?;
         self.written.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = self.created.lock() {
+            c.push((digest.to_hex(), dest));
+        }
         Ok(())
+    }
+
+    /// Removes the objects this run created, except those in `keep`.
+    fn remove_written_except(&self, keep: Option<&std::collections::HashSet<String>>) {
+        let Ok(created) = self.created.lock() else {
+            return;
+        };
+        for (hex, path) in created.iter() {
+            if keep.is_some_and(|k| k.contains(hex)) {
+                continue;
+            }
+            if std::fs::remove_file(path).is_ok() {
+                self.written.fetch_sub(1, Ordering::Relaxed);
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::remove_dir(dir); // only if now empty
+                }
+            }
+        }
     }
 }
 
