@@ -970,3 +970,55 @@ fn mounted_image_with_digest_store_matches_umoci() {
         drop(mounts);
     }
 }
+
+/// A rootless user's own store, read as that user through the user-namespace helper (files
+/// of container users with modes 0600/0000 below 0700/000 directories), gives the same
+/// dumpfile and digest as root reading the same store directly.
+#[test]
+fn rootless_user_gets_the_same_image_as_root() {
+    use testutil::rootless::RootlessStore;
+    let store = RootlessStore::new("cst-rlc");
+    let bin = store.install(Path::new(env!("CARGO_BIN_EXE_cstorage")), "cstorage");
+    for image in ["localhost/rl:latest", "localhost/many:latest"] {
+        let as_user = |args: &[&str]| {
+            ok(
+                &format!("cstorage {args:?} as the user"),
+                store
+                    .as_user(bin.to_str().unwrap())
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap(),
+            )
+        };
+        let as_root = |args: &[&str]| {
+            ok(
+                &format!("cstorage {args:?} as root"),
+                Command::new(env!("CARGO_BIN_EXE_cstorage"))
+                    .arg("--root")
+                    .arg(store.graphroot())
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap(),
+            )
+        };
+        let user_dump = as_user(&["composefs", "dump", image]);
+        assert_eq!(
+            String::from_utf8_lossy(&user_dump),
+            String::from_utf8_lossy(&as_root(&["composefs", "dump", image])),
+            "{image}"
+        );
+        assert_eq!(
+            as_user(&["composefs", "digest", image]),
+            as_root(&["composefs", "digest", image]),
+            "{image}"
+        );
+        // The image's own owners, not the host's mapped IDs.
+        let dump = String::from_utf8(user_dump).unwrap();
+        assert!(
+            dump.lines().any(|l| l.contains(" 100600 1 1000 1000 ")),
+            "{image}: {dump}"
+        );
+    }
+}
