@@ -630,26 +630,21 @@ fn existing_dir<'d, H: FsVerityHashValue>(
     Some(dir)
 }
 
-/// The directory at `comps`, creating missing ones with [`implicit_dir_stat`].
+/// The directory at `comps`, creating missing ones (and replacing non-directories) with
+/// [`implicit_dir_stat`].
 fn ensure_dir<'d, H: FsVerityHashValue>(
     mut dir: &'d mut Directory<H>,
     comps: &[Box<[u8]>],
 ) -> std::result::Result<&'d mut Directory<H>, String> {
-    for (i, c) in comps.iter().enumerate() {
-        match dir.lookup(os(c)) {
-            Some(Inode::Directory(_)) => {}
-            Some(Inode::Leaf(..)) => {
-                return Err(format!(
-                    "{:?} is not a directory",
-                    String::from_utf8_lossy(&comps[..=i].join(&b'/'))
-                ));
-            }
-            None => {
-                dir.insert(
-                    os(c),
-                    Inode::Directory(Box::new(Directory::new(implicit_dir_stat()))),
-                );
-            }
+    for c in comps {
+        // A missing parent is created; a non-directory in its place (a symlink of a lower
+        // layer, say) is replaced, as the directory the layer's extraction creates hides it
+        // in the overlay mount.
+        if !matches!(dir.lookup(os(c)), Some(Inode::Directory(_))) {
+            dir.insert(
+                os(c),
+                Inode::Directory(Box::new(Directory::new(implicit_dir_stat()))),
+            );
         }
         dir = dir
             .get_directory_mut(os(c))
@@ -806,6 +801,19 @@ mod tests {
         let y = fs.root.get_directory(OsStr::new("x/y")).unwrap();
         assert_eq!((y.stat.st_mode, y.stat.st_mtim_sec), (0o700, 42));
         assert_eq!(fs.nlinks().iter().filter(|&&n| n == 2).count(), 1);
+    }
+
+    #[test]
+    fn a_child_under_a_lower_symlink_replaces_it_with_a_directory() {
+        let mut fs = FileSystem::<Sha256HashValue>::new(implicit_dir_stat());
+        let link = Kind::Leaf(fs.push_leaf(
+            implicit_dir_stat(),
+            LeafContent::Symlink(Box::from(OsStr::new("usr/lib"))),
+        ));
+        apply_layer(&mut fs, "L0", vec![entry("lib", link)]).unwrap();
+        let upper = vec![entry("lib/x", leaf(&mut fs, b"x"))];
+        apply_layer(&mut fs, "L1", upper).unwrap();
+        assert_eq!(names(&fs), ["/lib", "/lib/x"]);
     }
 
     #[test]
