@@ -57,6 +57,8 @@
 //! - [`rootfs`]: [`RootFs`], an image's merged root filesystem (whiteouts, opaque
 //!   directories, symlinks resolved inside the image) read from its layers without mounting.
 //! - [`userns`]: whether this process can read every file of a rootless store.
+//! - `composefs` (feature `composefs`, off by default): an image's composefs tree, dumpfile,
+//!   EROFS image and digest, built with composefs-rs's crate from the layers' tar-split.
 //! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
 //!
 //! The on-disk format this crate reads is described in `containers-storage-format.md` in the
