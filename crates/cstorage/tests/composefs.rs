@@ -1022,3 +1022,83 @@ fn rootless_user_gets_the_same_image_as_root() {
         );
     }
 }
+
+/// `--digest-store`: objects are copies (or reflinks), never hard links to the store's files;
+/// a second run reuses them; each is named by its content's fs-verity digest.
+#[test]
+fn digest_store_objects_are_copies_and_are_reused() {
+    let q = quirks();
+    let name = "localhost/zoo:latest";
+    let tmp = tempfile::tempdir().unwrap();
+    let objs = tmp.path().join("objects");
+    let mkfs = |out: &str| {
+        let o = cst(
+            &q.store,
+            &[
+                "--log-level",
+                "info",
+                "composefs",
+                "mkfs",
+                name,
+                "-o",
+                tmp.path().join(out).to_str().unwrap(),
+                "--digest-store",
+                objs.to_str().unwrap(),
+            ],
+        );
+        ok("mkfs", o);
+    };
+    mkfs("a.cfs");
+    let mut objects = Vec::new();
+    for d in std::fs::read_dir(&objs).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            objects.push(f.unwrap().path());
+        }
+    }
+    // zoo/big.bin (3 MiB) and usr/bin/ping, usr/bin/exactly65.
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    let mut inodes = Vec::new();
+    for p in &objects {
+        let md = std::fs::metadata(p).unwrap();
+        assert_eq!(md.nlink(), 1, "{}: a hard link", p.display());
+        assert_eq!(md.mode() & 0o7777, 0o644);
+        inodes.push((md.dev(), md.ino()));
+        let v = composefs_storage::composefs::verity_of_reader::<Sha256HashValue>(
+            &mut std::fs::File::open(p).unwrap(),
+        )
+        .unwrap();
+        let rel = p
+            .strip_prefix(&objs)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replace('/', "");
+        assert_eq!(rel, v.to_hex());
+    }
+    // A second run finds them: same files (same inodes), same image.
+    let o = cst(
+        &q.store,
+        &[
+            "--log-level",
+            "info",
+            "composefs",
+            "mkfs",
+            name,
+            "-o",
+            tmp.path().join("b.cfs").to_str().unwrap(),
+            "--digest-store",
+            objs.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("0 objects written, 3 already there"), "{err}");
+    for (p, ino) in objects.iter().zip(&inodes) {
+        let md = std::fs::metadata(p).unwrap();
+        assert_eq!((md.dev(), md.ino()), *ino);
+    }
+    assert_eq!(
+        std::fs::read(tmp.path().join("a.cfs")).unwrap(),
+        std::fs::read(tmp.path().join("b.cfs")).unwrap()
+    );
+}
