@@ -266,6 +266,13 @@ struct DigestStore {
     seq: AtomicU64,
     /// Objects this run created (hex digest, path).
     created: std::sync::Mutex<Vec<(String, PathBuf)>>,
+    /// The `XX` directories known to exist.
+    dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Whether reflinks and `copy_file_range` to this store still look possible (the first
+    /// refusal turns each off for the rest of the run).
+    reflink: std::sync::atomic::AtomicBool,
+    copy_range: std::sync::atomic::AtomicBool,
+    pid: u32,
 }
 
 impl DigestStore {
@@ -278,6 +285,10 @@ impl DigestStore {
             reused: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             created: std::sync::Mutex::new(Vec::new()),
+            dirs: std::sync::Mutex::new(std::collections::HashSet::new()),
+            reflink: std::sync::atomic::AtomicBool::new(true),
+            copy_range: std::sync::atomic::AtomicBool::new(true),
+            pid: std::process::id(),
         })
     }
 
@@ -292,21 +303,29 @@ impl DigestStore {
             return Ok(());
         }
         let dir = dest.parent().context("object path")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let known = self.dirs.lock().is_ok_and(|d| d.contains(dir));
+        if !known {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if let Ok(mut d) = self.dirs.lock() {
+                d.insert(dir.to_path_buf());
+            }
+        }
         let tmp = dir.join(format!(
             ".tmp-{}-{}",
-            std::process::id(),
+            self.pid,
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
         let r = (|| -> Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            // 0644 as mkcomposefs makes them (the umask may only take away from it).
             let out = File::options()
                 .write(true)
                 .create_new(true)
+                .mode(0o644)
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            copy_content(src, &out, size).with_context(|| format!("writing {}", tmp.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            out.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            self.copy_content(src, &out, size)
+                .with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &dest)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
         })();
@@ -340,35 +359,45 @@ impl DigestStore {
     }
 }
 
-/// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
-/// `copy_file_range`, else read/write.
-fn copy_content(src: &File, out: &File, size: u64) -> std::io::Result<()> {
-    if rustix::fs::ioctl_ficlone(out, src).is_ok() {
-        return Ok(());
-    }
-    let mut off_in = 0u64;
-    let mut off_out = 0u64;
-    while off_in < size {
-        let want = usize::try_from(size - off_in)
-            .unwrap_or(usize::MAX)
-            .min(1 << 30);
-        match rustix::fs::copy_file_range(src, Some(&mut off_in), out, Some(&mut off_out), want) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "source ended early",
-                ));
+impl DigestStore {
+    /// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
+    /// `copy_file_range`, else read/write.
+    fn copy_content(&self, src: &File, out: &File, size: u64) -> std::io::Result<()> {
+        if self.reflink.load(Ordering::Relaxed) {
+            match rustix::fs::ioctl_ficlone(out, src) {
+                Ok(()) => return Ok(()),
+                Err(_) => self.reflink.store(false, Ordering::Relaxed),
             }
-            Ok(_) => {}
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL)
-                if off_in == 0 =>
-            {
-                return copy_plain(src, out, size);
-            }
-            Err(e) => return Err(e.into()),
         }
+        if !self.copy_range.load(Ordering::Relaxed) {
+            return copy_plain(src, out, size);
+        }
+        let mut off_in = 0u64;
+        let mut off_out = 0u64;
+        while off_in < size {
+            let want = usize::try_from(size - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), out, Some(&mut off_out), want)
+            {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "source ended early",
+                    ));
+                }
+                Ok(_) => {}
+                Err(
+                    rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL,
+                ) if off_in == 0 => {
+                    self.copy_range.store(false, Ordering::Relaxed);
+                    return copy_plain(src, out, size);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
