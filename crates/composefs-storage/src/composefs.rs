@@ -296,17 +296,11 @@ fn hash_job<H: FsVerityHashValue>(
     buf: &mut [u8],
     options: &BuildOptions<'_, H>,
 ) -> Result<H> {
-    let mut hasher = FsVerityHasher::<H>::new();
+    let mut hasher = Blocks::<H>::new();
     let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
     read_content(job, buf, |chunk| {
         crc.update(chunk);
-        std::io::Write::write_all(&mut hasher, chunk).map_err(|e| {
-            integrity(
-                &job.layer,
-                &job.name,
-                format!("fs-verity hashing failed: {e}"),
-            )
-        })?;
+        hasher.feed(chunk);
         if let Some(p) = options.progress {
             p(chunk.len() as u64);
         }
@@ -314,6 +308,49 @@ fn hash_job<H: FsVerityHashValue>(
     })?;
     check_crc(job, crc.finalize())?;
     Ok(hasher.digest())
+}
+
+/// Feeds composefs-rs's fs-verity hasher whole 4 KiB blocks straight from the read buffer
+/// (its `Write` implementation copies every block into a fresh buffer first).
+struct Blocks<H: FsVerityHashValue> {
+    hasher: FsVerityHasher<H>,
+    tail: Vec<u8>,
+}
+
+impl<H: FsVerityHashValue> Blocks<H> {
+    const BLOCK: usize = FsVerityHasher::<H>::BLOCK_SIZE;
+
+    fn new() -> Self {
+        Blocks {
+            hasher: FsVerityHasher::new(),
+            tail: Vec::with_capacity(Self::BLOCK),
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        if !self.tail.is_empty() {
+            let n = (Self::BLOCK - self.tail.len()).min(data.len());
+            self.tail.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.tail.len() < Self::BLOCK {
+                return;
+            }
+            self.hasher.add_block(&self.tail);
+            self.tail.clear();
+        }
+        let mut blocks = data.chunks_exact(Self::BLOCK);
+        for b in &mut blocks {
+            self.hasher.add_block(b);
+        }
+        self.tail.extend_from_slice(blocks.remainder());
+    }
+
+    fn digest(mut self) -> H {
+        if !self.tail.is_empty() {
+            self.hasher.add_block(&self.tail);
+        }
+        self.hasher.digest()
+    }
 }
 
 fn check_crc(job: &Job, found: u64) -> Result<()> {
@@ -746,6 +783,21 @@ mod tests {
         }
         walk(&fs.root, "", &mut out);
         out
+    }
+
+    #[test]
+    fn block_feeder_gives_the_hashers_digest_for_any_chunking() {
+        let data: Vec<u8> = (0..3 * 4096 + 1234).map(|i| (i * 7 % 251) as u8).collect();
+        for len in [0, 1, 64, 4095, 4096, 4097, 8192, data.len()] {
+            let want: Sha256HashValue = ::composefs::fsverity::compute_verity(&data[..len]);
+            for chunk in [1, 100, 4096, 5000, 1 << 20] {
+                let mut b = Blocks::<Sha256HashValue>::new();
+                for c in data[..len].chunks(chunk) {
+                    b.feed(c);
+                }
+                assert_eq!(b.digest(), want, "len {len} chunk {chunk}");
+            }
+        }
     }
 
     #[test]

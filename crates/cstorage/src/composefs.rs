@@ -264,8 +264,8 @@ struct DigestStore {
     written: AtomicU64,
     reused: AtomicU64,
     seq: AtomicU64,
-    /// Objects this run created (hex digest, path).
-    created: std::sync::Mutex<Vec<(String, PathBuf)>>,
+    /// Objects this run created (hex digests).
+    created: std::sync::Mutex<Vec<String>>,
     /// The `XX` directories known to exist.
     dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     /// Whether reflinks and `copy_file_range` to this store still look possible (the first
@@ -335,7 +335,7 @@ impl DigestStore {
         r?;
         self.written.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = self.created.lock() {
-            c.push((digest.to_hex(), dest));
+            c.push(digest.to_hex());
         }
         Ok(())
     }
@@ -345,11 +345,12 @@ impl DigestStore {
         let Ok(created) = self.created.lock() else {
             return;
         };
-        for (hex, path) in created.iter() {
+        for hex in created.iter() {
             if keep.is_some_and(|k| k.contains(hex)) {
                 continue;
             }
-            if std::fs::remove_file(path).is_ok() {
+            let path = self.root.join(&hex[..2]).join(&hex[2..]);
+            if std::fs::remove_file(&path).is_ok() {
                 self.written.fetch_sub(1, Ordering::Relaxed);
                 if let Some(dir) = path.parent() {
                     let _ = std::fs::remove_dir(dir); // only if now empty
@@ -402,21 +403,26 @@ impl DigestStore {
 
 fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    while off < size {
-        let want = buf
-            .len()
-            .min(usize::try_from(size - off).unwrap_or(usize::MAX));
-        let n = src.read_at(&mut buf[..want], off)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "source ended early",
-            ));
-        }
-        out.write_all_at(&buf[..n], off)?;
-        off += n as u64;
+    thread_local! {
+        // One copy buffer per worker thread, not one per object.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
     }
-    Ok(())
+    BUF.with_borrow_mut(|buf| {
+        let mut off = 0u64;
+        while off < size {
+            let want = buf
+                .len()
+                .min(usize::try_from(size - off).unwrap_or(usize::MAX));
+            let n = src.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "source ended early",
+                ));
+            }
+            out.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    })
 }
