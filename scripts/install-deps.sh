@@ -6,7 +6,7 @@
 set -euo pipefail
 # libssl-dev and pkg-config: composefs-rs's crate (cstorage's `composefs` subcommands) hashes
 # with OpenSSL; mount: the composefs mount test (erofs + overlay).
-PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux mount libssl-dev pkg-config)
+PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux zsh man-db bash-completion btrfs-progs e2fsprogs mount libssl-dev pkg-config)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,11 +2,11 @@
 //! its layers' tar-split and files (see `composefs_storage::composefs`).
 
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use composefs_storage::composefs::composefs::fsverity::{
     FsVerityHashValue, Sha256HashValue, Sha512HashValue,
@@ -176,86 +176,25 @@ fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
     Ok(cfs::image_digest::<H>(&erofs).to_hex())
 }
 
-/// Writes an output: `-` or `None` is standard output (refused on a terminal); a path that
-/// is a FIFO or a device is written into; otherwise a temporary file beside the target
-/// (symlinks followed) is written and renamed over it on success (keeping the mode of a file
-/// it replaces), and removed on failure.
-// TODO(lead): swap for the library's output module once it lands.
+/// Writes an output by the project's output rules (`composefs_storage::output`): `-` or
+/// `None` is standard output (refused on a terminal), FIFOs and devices are written into,
+/// regular files are replaced atomically only when everything was written.
 fn write_output(
     path: Option<&Path>,
     what: &str,
     f: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
-    let path = path.filter(|p| p.as_os_str() != "-");
-    let Some(path) = path else {
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            bail!(
-                "refusing to write {what} to a terminal: use -o FILE or redirect standard output"
-            );
-        }
-        let mut w = std::io::BufWriter::new(stdout.lock());
-        f(&mut w)?;
-        w.flush().context("writing standard output")?;
-        return Ok(());
-    };
-    // Follow symlinks to the file that is meant.
-    let target = match std::fs::canonicalize(path) {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
-        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
-    };
-    let meta = std::fs::metadata(&target).ok();
-    if let Some(m) = &meta
-        && !m.is_file()
-    {
-        if m.is_dir() {
-            bail!("{}: is a directory", path.display());
-        }
-        let file = File::options()
-            .write(true)
-            .open(&target)
-            .with_context(|| format!("opening {}", target.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        f(&mut w)?;
-        w.flush()
-            .with_context(|| format!("writing {}", target.display()))?;
-        return Ok(());
-    }
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = target.file_name().context("output has no file name")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let r = (|| -> Result<()> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        f(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        if let Some(m) = &meta {
-            file.set_permissions(m.permissions())?;
-        }
-        file.sync_all()
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &target)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    let out = composefs_storage::OutputFile::create(path.unwrap_or(Path::new("-")))
+        .with_context(|| format!("writing {what}"))?;
+    let name = out.name().to_path_buf();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+    f(&mut w).with_context(|| format!("writing {what} to {}", name.display()))?;
+    let out = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {what} to {}", name.display()))?;
+    out.commit()?;
+    Ok(())
 }
 
 /// A `mkcomposefs --digest-store` directory: `XX/REST` files named by fs-verity digest.
