@@ -55,6 +55,7 @@ for e in json.load(sys.stdin):
     if e["entry_type"] == "regular" and e["size"] > 0:
         sys.stdout.write(os.path.normpath(e["path"]) + "\0")' > "$D/files.list"
 machine_info
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared: a load above 2 slows every command)"
 echo "composefs-oci 0.9.4 (crates.io), composefs (C) $($TRIXIE run dpkg-query -W -f='${Version}' composefs 2>/dev/null || echo '?') (Debian 13 chroot)"
 echo "image: $IMG, one layer $L, $SIZE bytes, $(tr -cd '\0' < "$D/files.list" | wc -c) regular files"
 
@@ -91,6 +92,7 @@ for x in json.load(open(sys.argv[1]))["results"]:
     print(f"  {(x['user'] + x['system']) / x['mean']:5.2f}   {x['command']}")
 PY
 echo "(tmpfs: $T; samefs: $D/repo-samefs on the store's file system; the last command is the chroot's own overhead, included in the mkcomposefs time)"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== peak RSS"
 rm -rf "$T/repo" "$T/objs" "$D/repo-samefs"
