@@ -38,7 +38,7 @@ TREE=/bench-tree
 T=$D/tmpfs
 mkdir -p "$T" "$CHROOT$TREE"
 cleanup() {
-    umount "$CHROOT$TREE" 2>/dev/null || true
+    umount "$CHROOT$TREE" 2>/dev/null && rmdir "$CHROOT$TREE" || true
     umount "$T" 2>/dev/null || true
     rm -rf "$D/repo-samefs"
     $TRIXIE teardown >/dev/null 2>&1 || true
