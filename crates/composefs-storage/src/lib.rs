@@ -63,6 +63,8 @@
 //! - [`unpack`]: writing a [`RootFs`] into a directory (like `umoci unpack`), safely
 //!   beneath it.
 //! - [`userns`]: whether this process can read every file of a rootless store.
+//! - `composefs` (feature `composefs`, off by default): an image's composefs tree, dumpfile,
+//!   EROFS image and digest, built with composefs-rs's crate from the layers' tar-split.
 //! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
 //!
 //! The on-disk format this crate reads is described in `containers-storage-format.md` in the
@@ -112,6 +114,8 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod chains;
+#[cfg(feature = "composefs")]
+pub mod composefs;
 pub mod config;
 pub mod disk_usage;
 pub mod error;

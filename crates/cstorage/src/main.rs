@@ -3,6 +3,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod composefs;
 mod df;
 mod export;
 mod fmt;
@@ -158,6 +159,9 @@ enum Command {
         /// The image compared to.
         image_b: String,
     },
+    /// Composefs images of stored images: digest, dumpfile, EROFS image.
+    #[command(subcommand)]
+    Composefs(composefs::ComposefsCommand),
     /// Write an image's merged root filesystem into a new or empty directory, as
     /// `umoci unpack` lays it out (owners kept as root; as another user recorded in the
     /// `user.rootlesscontainers` xattr, as `umoci unpack --rootless` does).
@@ -657,6 +661,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Diff { image_a, image_b } => {
             rootfs::diff(&storage, image_a, image_b, json, &mut out)?
         }
+        Command::Composefs(c) => composefs::run(&storage, c, &mut out)?,
         Command::Df { verbose } => df::df(&storage, *verbose, json, &mut out)?,
         Command::Unpack { image, dir, write } => {
             unpack::unpack(&storage, image, dir, &write.opts())?

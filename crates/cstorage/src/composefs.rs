@@ -1,0 +1,367 @@
+//! `cstorage composefs`: an image's composefs digest, dumpfile and EROFS image, built from
+//! its layers' tar-split and files (see `composefs_storage::composefs`).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use composefs_storage::composefs::composefs::fsverity::{
+    FsVerityHashValue, Sha256HashValue, Sha512HashValue,
+};
+use composefs_storage::composefs::{self as cfs, BuildOptions};
+use composefs_storage::{Image, Storage};
+
+/// The fs-verity hash of `composefs digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashAlg {
+    /// SHA-256 (what mkcomposefs and composefs-rs use by default).
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ComposefsCommand {
+    /// Print the composefs image digest (the fs-verity digest of its EROFS image, format 1
+    /// as composefs-rs writes for OCI images).
+    Digest {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// fs-verity hash algorithm.
+        #[arg(long, value_enum, default_value = "sha256")]
+        hash: HashAlg,
+    },
+    /// Write the composefs dumpfile of an image (what `mkcomposefs --from-file` reads).
+    Dump {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// Output file (`-` or none: standard output, refused on a terminal).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write the composefs EROFS image of an image and, with --digest-store, its content
+    /// objects (DIR/XX/REST by fs-verity digest, as `mkcomposefs --digest-store` does).
+    Mkfs {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The EROFS image file (`-`: standard output, refused on a terminal).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also store every non-inline file here, named by its fs-verity digest.
+        #[arg(long, value_name = "DIR")]
+        digest_store: Option<PathBuf>,
+    },
+}
+
+pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> Result<()> {
+    match cmd {
+        ComposefsCommand::Digest { image, hash } => {
+            let img = storage.find_image(image)?;
+            let hex = match hash {
+                HashAlg::Sha256 => digest::<Sha256HashValue>(&img)?,
+                HashAlg::Sha512 => digest::<Sha512HashValue>(&img)?,
+            };
+            writeln!(out, "{hex}")?;
+            out.flush().context("writing output")?;
+        }
+        ComposefsCommand::Dump { image, output } => {
+            let img = storage.find_image(image)?;
+            let fs = build::<Sha256HashValue>(&img, None)?;
+            write_output(output.as_deref(), "a dumpfile", |w| {
+                cfs::write_dumpfile(&mut { w }, &fs)?;
+                Ok(())
+            })?;
+        }
+        ComposefsCommand::Mkfs {
+            image,
+            output,
+            digest_store,
+        } => {
+            let img = storage.find_image(image)?;
+            let store = match digest_store {
+                Some(d) => Some(DigestStore::open(d)?),
+                None => None,
+            };
+            let sink = |d: &Sha256HashValue, f: &File, size: u64| {
+                store
+                    .as_ref()
+                    .map_or(Ok(()), |s| s.put(d, f, size))
+                    .map_err(|e| composefs_storage::StorageError::InvalidArgument(format!("{e:#}")))
+            };
+            let sink_ref: &cfs::ObjectSink<'_, Sha256HashValue> = &sink;
+            let r =
+                build::<Sha256HashValue>(&img, store.as_ref().map(|_| sink_ref)).and_then(|fs| {
+                    // Objects of files the image does not show (overwritten or deleted by
+                    // an upper layer) were stored while hashing: take them out again, as
+                    // mkcomposefs stores only what the image references.
+                    let used = referenced(&fs);
+                    let erofs = cfs::erofs_image(fs)?;
+                    write_output(Some(output), "an EROFS image", |w| {
+                        w.write_all(&erofs)?;
+                        Ok(())
+                    })?;
+                    Ok(used)
+                });
+            if let Some(s) = &store {
+                // On failure, nothing this run stored stays behind.
+                s.remove_written_except(r.as_ref().ok());
+            }
+            r?;
+            if let Some(s) = &store {
+                log::info!(
+                    "digest store {}: {} objects written, {} already there",
+                    s.root.display(),
+                    s.written.load(Ordering::Relaxed),
+                    s.reused.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build<H: FsVerityHashValue>(
+    img: &Image,
+    sink: Option<&cfs::ObjectSink<'_, H>>,
+) -> Result<cfs::composefs::tree::FileSystem<H>> {
+    let total: u64 = img
+        .layers()?
+        .iter()
+        .map(|l| l.diff_size().unwrap_or(0))
+        .sum();
+    let pb = crate::export::progress_bar(
+        Some(total),
+        format!("composefs {}", crate::fmt::short_id(img.id())),
+    );
+    let done = AtomicU64::new(0);
+    let progress = |n: u64| {
+        let v = done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(pb) = &pb {
+            pb.set_position(v);
+        }
+    };
+    let opts = BuildOptions {
+        sink,
+        progress: Some(&progress),
+        ..BuildOptions::default()
+    };
+    let fs = cfs::build_filesystem(img, &opts)
+        .with_context(|| format!("image {}: building its composefs tree", img.id()))?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(fs)
+}
+
+/// The hex digests of the external files `fs` references.
+fn referenced<H: FsVerityHashValue>(
+    fs: &cfs::composefs::tree::FileSystem<H>,
+) -> std::collections::HashSet<String> {
+    use cfs::composefs::tree::{LeafContent, RegularFile};
+    fs.leaves
+        .iter()
+        .filter_map(|l| match &l.content {
+            LeafContent::Regular(RegularFile::External(d, _)) => Some(d.to_hex()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
+    let fs = build::<H>(img, None)?;
+    let erofs = cfs::erofs_image(fs)?;
+    Ok(cfs::image_digest::<H>(&erofs).to_hex())
+}
+
+/// Writes an output by the project's output rules (`composefs_storage::output`): `-` or
+/// `None` is standard output (refused on a terminal), FIFOs and devices are written into,
+/// regular files are replaced atomically only when everything was written.
+fn write_output(
+    path: Option<&Path>,
+    what: &str,
+    f: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let out = composefs_storage::OutputFile::create(path.unwrap_or(Path::new("-")))
+        .with_context(|| format!("writing {what}"))?;
+    let name = out.name().to_path_buf();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+    f(&mut w).with_context(|| format!("writing {what} to {}", name.display()))?;
+    let out = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {what} to {}", name.display()))?;
+    out.commit()?;
+    Ok(())
+}
+
+/// A `mkcomposefs --digest-store` directory: `XX/REST` files named by fs-verity digest.
+struct DigestStore {
+    root: PathBuf,
+    written: AtomicU64,
+    reused: AtomicU64,
+    seq: AtomicU64,
+    /// Objects this run created (hex digests).
+    created: std::sync::Mutex<Vec<String>>,
+    /// The `XX` directories known to exist.
+    dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Whether reflinks and `copy_file_range` to this store still look possible (the first
+    /// refusal turns each off for the rest of the run).
+    reflink: std::sync::atomic::AtomicBool,
+    copy_range: std::sync::atomic::AtomicBool,
+    pid: u32,
+}
+
+impl DigestStore {
+    fn open(root: &Path) -> Result<DigestStore> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating digest store {}", root.display()))?;
+        Ok(DigestStore {
+            root: root.to_path_buf(),
+            written: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            created: std::sync::Mutex::new(Vec::new()),
+            dirs: std::sync::Mutex::new(std::collections::HashSet::new()),
+            reflink: std::sync::atomic::AtomicBool::new(true),
+            copy_range: std::sync::atomic::AtomicBool::new(true),
+            pid: std::process::id(),
+        })
+    }
+
+    /// Stores `src` (`size` bytes) as the object `digest` unless it is there already: a
+    /// reflink (FICLONE) where the file system allows it, else a copy (`copy_file_range`);
+    /// never a hard link to the store's file.
+    fn put<H: FsVerityHashValue>(&self, digest: &H, src: &File, size: u64) -> Result<()> {
+        let rel = cfs::object_path(digest);
+        let dest = self.root.join(&rel);
+        if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let dir = dest.parent().context("object path")?;
+        let known = self.dirs.lock().is_ok_and(|d| d.contains(dir));
+        if !known {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if let Ok(mut d) = self.dirs.lock() {
+                d.insert(dir.to_path_buf());
+            }
+        }
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            self.pid,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let r = (|| -> Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            // 0644 as mkcomposefs makes them (the umask may only take away from it).
+            let out = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            self.copy_content(src, &out, size)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &dest)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
+        self.written.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = self.created.lock() {
+            c.push(digest.to_hex());
+        }
+        Ok(())
+    }
+
+    /// Removes the objects this run created, except those in `keep`.
+    fn remove_written_except(&self, keep: Option<&std::collections::HashSet<String>>) {
+        let Ok(created) = self.created.lock() else {
+            return;
+        };
+        for hex in created.iter() {
+            if keep.is_some_and(|k| k.contains(hex)) {
+                continue;
+            }
+            let path = self.root.join(&hex[..2]).join(&hex[2..]);
+            if std::fs::remove_file(&path).is_ok() {
+                self.written.fetch_sub(1, Ordering::Relaxed);
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::remove_dir(dir); // only if now empty
+                }
+            }
+        }
+    }
+}
+
+impl DigestStore {
+    /// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
+    /// `copy_file_range`, else read/write.
+    fn copy_content(&self, src: &File, out: &File, size: u64) -> std::io::Result<()> {
+        if self.reflink.load(Ordering::Relaxed) {
+            match rustix::fs::ioctl_ficlone(out, src) {
+                Ok(()) => return Ok(()),
+                Err(_) => self.reflink.store(false, Ordering::Relaxed),
+            }
+        }
+        if !self.copy_range.load(Ordering::Relaxed) {
+            return copy_plain(src, out, size);
+        }
+        let mut off_in = 0u64;
+        let mut off_out = 0u64;
+        while off_in < size {
+            let want = usize::try_from(size - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), out, Some(&mut off_out), want)
+            {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "source ended early",
+                    ));
+                }
+                Ok(_) => {}
+                Err(
+                    rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL,
+                ) if off_in == 0 => {
+                    self.copy_range.store(false, Ordering::Relaxed);
+                    return copy_plain(src, out, size);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        // One copy buffer per worker thread, not one per object.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
+    }
+    BUF.with_borrow_mut(|buf| {
+        let mut off = 0u64;
+        while off < size {
+            let want = buf
+                .len()
+                .min(usize::try_from(size - off).unwrap_or(usize::MAX));
+            let n = src.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "source ended early",
+                ));
+            }
+            out.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    })
+}
