@@ -575,3 +575,66 @@ fn rootless_discovery_follows_the_user_environment() {
         String::from_utf8(run(f.cstorage().args(["images", "--format", "json"])).stdout).unwrap();
     assert!(!names.contains("elsewhere"), "{names}");
 }
+
+/// The output rules as a user without privileges (issue 12): a file of another user that
+/// the user may replace (its directory is theirs) is not replaced, since its owner could not
+/// be kept; the user's own file keeps its mode; `-o -` writes to standard output and never
+/// creates a file named `-`; a failed layout export leaves nothing.
+#[test]
+fn output_rules_hold_for_the_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = fixture();
+    let layer = f.layer_id(&f.rl_layers[0]);
+    let dir = f.home.join("out-rules");
+    let _ = std::fs::remove_dir_all(&dir);
+    run(f.as_user("mkdir").arg(&dir));
+    // Root's file in the user's directory: refused before anything is written.
+    let theirs = dir.join("root-owned.tar");
+    std::fs::write(&theirs, b"root's").unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = f
+        .cstorage()
+        .args(["layer", "export", &layer, "-o"])
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot keep its owner"), "{err}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"root's");
+    assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 0);
+    // The user's own 0600 file: replaced, still 0600 and theirs.
+    let mine = dir.join("mine.tar");
+    run(f.as_user("sh").arg("-c").arg(format!(
+        "umask 077 && echo old > {}",
+        mine.display()
+    )));
+    run(f
+        .cstorage()
+        .args(["layer", "export", &layer, "-o"])
+        .arg(&mine));
+    let md = std::fs::metadata(&mine).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600);
+    assert_ne!(md.uid(), 0);
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&std::fs::read(&mine).unwrap())),
+        f.rl_layers[0]
+    );
+    // `-o -`: standard output, run in the directory; no file named `-`.
+    let o = f
+        .cstorage()
+        .current_dir(&dir)
+        .args(["layer", "export", &layer, "-o", "-"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(format!("sha256:{}", sha256_hex(&o.stdout)), f.rl_layers[0]);
+    assert!(!dir.join("-").exists());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["mine.tar", "root-owned.tar"]);
+}
