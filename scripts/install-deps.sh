@@ -4,7 +4,7 @@
 # Does nothing when they are all present. As root, also creates the user the rootless tests run
 # as (scripts/rootless-user.sh).
 set -euo pipefail
-PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux curl openssl apache2-utils docker-registry systemd)
+PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux zsh man-db bash-completion btrfs-progs e2fsprogs curl openssl apache2-utils docker-registry systemd)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

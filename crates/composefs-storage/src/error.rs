@@ -192,6 +192,19 @@ pub enum StorageError {
     #[error("user namespace helper: {0}")]
     UserNs(String),
 
+    /// A path inside one layer's own files ([`crate::layer_files`]) could not be resolved
+    /// or read.
+    #[error("layer {layer}: {path}: {source}")]
+    LayerPath {
+        /// The layer ID.
+        layer: String,
+        /// The path in the layer, as given (lossily converted to UTF-8 for display).
+        path: String,
+        /// The underlying error (`ENOENT` for a name the layer does not have or whites out).
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A path inside an image's merged root filesystem could not be resolved or read.
     #[error("image {image}: {path}: {source}")]
     ImagePath {
@@ -202,6 +215,15 @@ pub enum StorageError {
         /// The underlying error (`ENOENT`, `ENOTDIR`, `ELOOP`, ...).
         #[source]
         source: std::io::Error,
+    },
+
+    /// An output target cannot be written by the output rules (see [`crate::output`]).
+    #[error("{}: {message}", path.display())]
+    Output {
+        /// The output as the caller named it.
+        path: PathBuf,
+        /// Why it cannot be used.
+        message: String,
     },
 
     /// An operation was given an argument it cannot use.
@@ -257,9 +279,9 @@ impl StorageError {
     /// The `errno` of an underlying I/O error, if this is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            StorageError::Io { source, .. } | StorageError::ImagePath { source, .. } => {
-                source.raw_os_error()
-            }
+            StorageError::Io { source, .. }
+            | StorageError::ImagePath { source, .. }
+            | StorageError::LayerPath { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -104,6 +104,10 @@ pub struct ExportReport {
     pub bytes: u64,
     /// Files whose content was copied.
     pub files: u64,
+    /// Of those, files moved without passing through user space (`copy_file_range`,
+    /// `splice`, `sendfile`): only with [`Verify::None`], for files of 128 KiB or more, to
+    /// a file descriptor that takes them.
+    pub zero_copied_files: u64,
     /// The sha256 of the stream, when it was computed ([`Verify::Digest`]).
     pub digest: Option<Digest>,
     /// True if the tar was rebuilt from tar-split (byte-identical to the original layer);
@@ -325,6 +329,16 @@ impl Layer {
         self.export_to(Target::Write(out), PathBuf::from("output"), opts)
     }
 
+    /// Writes the layer's tar to `out`; errors writing it name `name`.
+    pub(crate) fn export_named(
+        &self,
+        out: &mut dyn Write,
+        name: &Path,
+        opts: &ExportOptions,
+    ) -> Result<ExportReport> {
+        self.export_to(Target::Write(out), name.to_owned(), opts)
+    }
+
     /// Writes the layer's tar to the file descriptor `fd` (a file, pipe or socket), using
     /// zero-copy syscalls for file content when nothing has to be verified. The descriptor's
     /// offset advances; it is not closed.
@@ -342,61 +356,15 @@ impl Layer {
         self.export_to(Target::Fd(fd, kind), name.to_owned(), opts)
     }
 
-    /// Writes the layer's tar to the file `path`: to a temporary file in the same directory,
-    /// renamed into place only when the export succeeded (and verified). On any error the
-    /// temporary file is removed and `path` is left as it was. If `path` exists and is not a
-    /// regular file (a FIFO, `/dev/null`, a terminal), the tar is written into it directly.
+    /// Writes the layer's tar to `path` by the rules of [`crate::output`]: `-` is standard
+    /// output, symlinks are followed, a FIFO or device is written into, and a regular file is
+    /// replaced (keeping its mode and owner) only when the export succeeded and verified; on
+    /// any error the temporary file is removed and `path` is left as it was.
     pub fn export_to_path(&self, path: &Path, opts: &ExportOptions) -> Result<ExportReport> {
-        if let Ok(md) = std::fs::metadata(path) {
-            if md.is_dir() {
-                return Err(StorageError::io(
-                    path,
-                    std::io::Error::from(std::io::ErrorKind::IsADirectory),
-                ));
-            }
-            if !md.is_file() {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| StorageError::io(path, e))?;
-                return self.export_to_fd(f.as_fd(), path, opts);
-            }
-        }
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = path.file_name().ok_or_else(|| {
-            StorageError::InvalidArgument(format!("{} is not a file name", path.display()))
-        })?;
-        let tmp = dir.join(tmp_name(&base.to_string_lossy()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| StorageError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::new(
-                    e.kind(),
-                    format!("cannot create a temporary file in {}: {e}", dir.display()),
-                ),
-            })?;
-        let r = self.export_to_fd(file.as_fd(), path, opts);
-        match r {
-            Ok(rep) => {
-                drop(file);
-                std::fs::rename(&tmp, path).map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    StorageError::io(path, e)
-                })?;
-                Ok(rep)
-            }
-            Err(e) => {
-                drop(file);
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        let out = crate::output::OutputFile::create(path)?;
+        let rep = self.export_to_fd(out.as_fd(), out.name(), opts)?;
+        out.commit()?;
+        Ok(rep)
     }
 
     fn export_to(
@@ -427,6 +395,7 @@ impl Layer {
         let mut getter = FileGetter::new(self)?;
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
         let mut files = 0u64;
+        let mut zero_copied = 0u64;
         let verify_crc = opts.verify != Verify::None;
         loop {
             let entry = reader.next_raw()?;
@@ -446,9 +415,7 @@ impl Layer {
                         message: m,
                     };
                     if on_disk != size {
-                        return Err(integrity(format!(
-                            "file is {on_disk} bytes on disk, but the tar records {size} bytes"
-                        )));
+                        return Err(getter.size_mismatch(name, on_disk, size));
                     }
                     files += 1;
                     let moved = if !verify_crc && size >= ZERO_COPY_MIN {
@@ -457,7 +424,10 @@ impl Layer {
                         Ok(false)
                     };
                     let r = match moved {
-                        Ok(true) => Ok(()),
+                        Ok(true) => {
+                            zero_copied += 1;
+                            Ok(())
+                        }
                         Ok(false) => {
                             if verify_crc {
                                 crc.reset();
@@ -524,6 +494,7 @@ impl Layer {
             layer: self.id().to_string(),
             bytes,
             files,
+            zero_copied_files: zero_copied,
             digest,
             reproducible: true,
         })
@@ -562,21 +533,4 @@ fn target_writer(t: Target<'_>) -> TargetWriter<'_> {
         Target::Write(w) => TargetWriter::Write(w),
         Target::Fd(fd, _) => TargetWriter::Fd(fd),
     }
-}
-
-/// A temporary file name next to `base`: `.<base>.tmp-<pid>-<random>`.
-pub(crate) fn tmp_name(base: &str) -> String {
-    format!(".{base}.tmp-{}-{:x}", std::process::id(), rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }

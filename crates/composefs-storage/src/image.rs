@@ -35,7 +35,23 @@ pub fn big_data_file_name(key: &str) -> std::result::Result<String, String> {
     Ok(name)
 }
 
-/// An image of the store.
+/// An image of the store: a cheap handle on its record, from [`Storage::list_images`],
+/// [`Storage::find_image`] or [`Storage::images_by_digest`]. Its manifest, config and layers
+/// are read when asked for.
+///
+/// ```no_run
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
+/// let image = storage.find_image("quay.io/fedora/fedora:latest")?;
+/// println!("{} {:?} {:?}", image.id(), image.names(), image.manifest_digest());
+/// let config = image.config()?;                 // oci_spec ImageConfiguration
+/// println!("{}/{}", config.os(), config.architecture());
+/// for layer in image.layers()? {                // base first, checked against the DiffIDs
+///     println!("{} {:?}", layer.id(), layer.diff_size());
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Image {
     storage: Storage,
@@ -341,11 +357,52 @@ impl Image {
     /// of every layer in its chains (top layer and mapped top layers) plus the sizes of its
     /// big-data items. Layers whose size is unknown count as 0.
     pub fn size(&self) -> u64 {
+        let tops: Vec<&String> = self
+            .meta
+            .layer
+            .iter()
+            .chain(self.meta.mapped_layers.iter())
+            .collect();
+        let chains = self.snap.chains();
+        let size = match tops[..] {
+            // One chain: its size was summed once for the whole forest.
+            [top] => chains
+                .chain_size(top)
+                .unwrap_or_else(|| self.walked_size(&tops)),
+            _ => self.walked_size(&tops),
+        };
+        size.saturating_add(self.big_data_size())
+    }
+
+    /// The summed sizes of the image's big-data items (manifests, config, signatures).
+    pub fn big_data_size(&self) -> u64 {
+        self.meta
+            .big_data_sizes
+            .values()
+            .map(|v| u64::try_from(*v).unwrap_or(0))
+            .sum()
+    }
+
+    /// [`Image::size`], or `None` if a layer chain of the image is longer than this crate
+    /// follows (the image cannot be read: [`Image::layers`] fails for it).
+    pub fn known_size(&self) -> Option<u64> {
+        let chains = self.snap.chains();
+        let too_deep = self
+            .meta
+            .layer
+            .iter()
+            .chain(self.meta.mapped_layers.iter())
+            .any(|t| chains.depth(t).is_some_and(|d| d > MAX_CHAIN));
+        (!too_deep).then(|| self.size())
+    }
+
+    /// The summed known sizes of the layers in the chains of `tops`, each layer once,
+    /// walked (for images with several tops or broken chains).
+    fn walked_size(&self, tops: &[&String]) -> u64 {
         let mut seen = std::collections::HashSet::new();
         let mut size: u64 = 0;
-        let tops = self.meta.layer.iter().chain(self.meta.mapped_layers.iter());
         for top in tops {
-            let mut cur = Some(top.clone());
+            let mut cur = Some((*top).clone());
             while let Some(id) = cur {
                 if !seen.insert(id.clone()) || seen.len() > MAX_CHAIN {
                     break;
@@ -356,9 +413,6 @@ impl Image {
                 size = size.saturating_add(l.known_diff_size().unwrap_or(0));
                 cur = l.parent.clone();
             }
-        }
-        for v in self.meta.big_data_sizes.values() {
-            size = size.saturating_add(u64::try_from(*v).unwrap_or(0));
         }
         size
     }

@@ -23,12 +23,13 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StorageError};
-use crate::export::{ExportOptions, Verify, tmp_name};
+use crate::export::{ExportOptions, Verify};
 use crate::image::Image;
 use crate::layer::Layer;
 use crate::manifest::{
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST, hex_digest,
 };
+use crate::output::{self, OutputFile, Pending};
 use crate::tar_header::{BLOCK, EntryType, TarHeader, padding};
 
 /// What to write.
@@ -176,29 +177,19 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-/// Removes a temporary file when dropped unless disarmed.
-struct TmpGuard(Option<PathBuf>);
-
-impl Drop for TmpGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
-}
-
-/// Writes `bytes` as blob `digest` in `dir` (temporary name, then rename), unless present.
-fn put_blob_bytes(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<bool> {
+/// Writes `bytes` as blob `digest` in `dir` unless a regular file of that name is there;
+/// returns the new blob, registered for removal until the export completes.
+fn put_blob_bytes(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<Option<Pending>> {
     let dst = dir.join(hex(digest));
-    if dst.is_file() {
-        return Ok(false);
+    if std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
     }
-    let tmp = dir.join(tmp_name("blob"));
-    let mut guard = TmpGuard(Some(tmp.clone()));
-    std::fs::write(&tmp, bytes).map_err(|e| StorageError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io(&dst, e))?;
-    guard.0 = None;
-    Ok(true)
+    let (tmp, mut f) = output::create_temp_in(dir, "blob").map_err(|e| StorageError::io(dir, e))?;
+    f.write_all(bytes).map_err(|e| StorageError::io(&dst, e))?;
+    drop(f);
+    Ok(Some(
+        tmp.renamed(&dst).map_err(|e| StorageError::io(&dst, e))?,
+    ))
 }
 
 /// Export options for a layer blob: digest verified, progress reported under the layer's ID.
@@ -216,13 +207,16 @@ fn verified_export(layer: &Layer, progress: Option<&ImageProgress>) -> ExportOpt
 }
 
 /// Writes a layer blob into `dir` (compressed or not), verified, named by its digest.
+/// Returns the blob and, if it was not there before, its path registered for removal until
+/// the export completes. Write errors name `name` (what the user asked to write).
 fn put_layer_blob(
     dir: &Path,
+    name: &Path,
     layer: &Layer,
     compression: LayerCompression,
     level: Option<i32>,
     progress: Option<&ImageProgress>,
-) -> Result<(BlobInfo, bool)> {
+) -> Result<(BlobInfo, Option<Pending>)> {
     let diff_id = layer.diff_id().ok_or_else(|| {
         StorageError::layer(
             layer.id(),
@@ -230,6 +224,15 @@ fn put_layer_blob(
         )
     })?;
     let opts = verified_export(layer, progress);
+    let create_err = |e: std::io::Error| {
+        StorageError::io(
+            name,
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create a temporary file in {}: {e}", dir.display()),
+            ),
+        )
+    };
     if compression == LayerCompression::None {
         let dst = dir.join(hex(&diff_id));
         let info = BlobInfo {
@@ -237,35 +240,30 @@ fn put_layer_blob(
             size: layer.diff_size().unwrap_or(0),
             media_type: MEDIA_TYPE_OCI_LAYER.into(),
         };
-        if let Ok(md) = std::fs::metadata(&dst) {
+        if let Ok(md) = std::fs::symlink_metadata(&dst) {
             if md.is_file() && layer.diff_size().is_none_or(|s| s == md.len()) {
                 return Ok((
                     BlobInfo {
                         size: md.len(),
                         ..info
                     },
-                    false,
+                    None,
                 ));
             }
         }
-        let tmp = dir.join(tmp_name("layer"));
-        let mut guard = TmpGuard(Some(tmp.clone()));
-        let f = File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
-        let rep = layer.export_to_fd(f.as_fd(), &tmp, &opts)?;
+        let (tmp, f) = output::create_temp_in(dir, "layer").map_err(create_err)?;
+        let rep = layer.export_to_fd(f.as_fd(), name, &opts)?;
         drop(f);
-        std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io(&dst, e))?;
-        guard.0 = None;
+        let kept = tmp.renamed(&dst).map_err(|e| StorageError::io(&dst, e))?;
         return Ok((
             BlobInfo {
                 size: rep.bytes,
                 ..info
             },
-            true,
+            Some(kept),
         ));
     }
-    let tmp = dir.join(tmp_name("layer"));
-    let mut guard = TmpGuard(Some(tmp.clone()));
-    let f = File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+    let (tmp, f) = output::create_temp_in(dir, "layer").map_err(create_err)?;
     let hw = HashWriter {
         inner: BufWriter::with_capacity(1 << 20, f),
         sha: Sha256::new(),
@@ -275,18 +273,18 @@ fn put_layer_blob(
         LayerCompression::Gzip => {
             let lvl = level.unwrap_or(1).clamp(0, 9) as u32;
             let mut enc = flate2::write::GzEncoder::new(hw, flate2::Compression::new(lvl));
-            layer.export(&mut enc, &opts)?;
+            layer.export_named(&mut enc, name, &opts)?;
             (
-                enc.finish().map_err(|e| StorageError::io(&tmp, e))?,
+                enc.finish().map_err(|e| StorageError::io(name, e))?,
                 "application/vnd.oci.image.layer.v1.tar+gzip",
             )
         }
         LayerCompression::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(hw, level.unwrap_or(3))
-                .map_err(|e| StorageError::io(&tmp, e))?;
-            layer.export(&mut enc, &opts)?;
+                .map_err(|e| StorageError::io(name, e))?;
+            layer.export_named(&mut enc, name, &opts)?;
             (
-                enc.finish().map_err(|e| StorageError::io(&tmp, e))?,
+                enc.finish().map_err(|e| StorageError::io(name, e))?,
                 "application/vnd.oci.image.layer.v1.tar+zstd",
             )
         }
@@ -295,20 +293,20 @@ fn put_layer_blob(
     let HashWriter { inner, sha, n } = hw;
     inner
         .into_inner()
-        .map_err(|e| StorageError::io(&tmp, e.into_error()))?;
+        .map_err(|e| StorageError::io(name, e.into_error()))?;
     let digest = hex_digest(&sha.finalize());
     let dst = dir.join(hex(&digest));
-    let fresh = !dst.is_file();
-    std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io(&dst, e))?;
-    guard.0 = None;
-    Ok((
-        BlobInfo {
-            digest,
-            size: n,
-            media_type: media_type.into(),
-        },
-        fresh,
-    ))
+    let info = BlobInfo {
+        digest,
+        size: n,
+        media_type: media_type.into(),
+    };
+    if std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file()) {
+        // The same blob is there already (compression is deterministic): keep that one.
+        return Ok((info, None));
+    }
+    let kept = tmp.renamed(&dst).map_err(|e| StorageError::io(&dst, e))?;
+    Ok((info, Some(kept)))
 }
 
 /// The number of parallel jobs `jobs` means (0: one per CPU).
@@ -322,15 +320,23 @@ fn effective_jobs(jobs: usize) -> usize {
     }
 }
 
-/// Exports layers in parallel into `dir`; returns layer ID → blob.
+/// Blobs of exported layers by layer ID, and the files this export created for them.
+#[derive(Default)]
+struct LayerBlobs {
+    blobs: HashMap<String, BlobInfo>,
+    created: Vec<Pending>,
+}
+
+/// Exports layers in parallel into `dir`.
 fn export_layers(
     dir: &Path,
+    name: &Path,
     layers: &[Layer],
     opts: &ImageExportOptions,
     report: &mut ImageExportReport,
-) -> Result<HashMap<String, BlobInfo>> {
+) -> Result<LayerBlobs> {
     let queue = Mutex::new(layers.to_vec());
-    let results: Mutex<HashMap<String, (BlobInfo, bool)>> = Mutex::new(HashMap::new());
+    let results: Mutex<Vec<(String, BlobInfo, Option<Pending>)>> = Mutex::new(Vec::new());
     let failed: Mutex<Option<StorageError>> = Mutex::new(None);
     let jobs = effective_jobs(opts.jobs).min(layers.len().max(1));
     std::thread::scope(|s| {
@@ -345,14 +351,15 @@ fn export_layers(
                     };
                     match put_layer_blob(
                         dir,
+                        name,
                         &l,
                         opts.compression,
                         opts.level,
                         opts.progress.as_ref(),
                     ) {
-                        Ok(r) => {
+                        Ok((info, created)) => {
                             if let Ok(mut m) = results.lock() {
-                                m.insert(l.id().to_string(), r);
+                                m.push((l.id().to_string(), info, created));
                             }
                         }
                         Err(e) => {
@@ -366,19 +373,22 @@ fn export_layers(
             });
         }
     });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        // `results` drops here: the blobs this export created are removed.
         return Err(e);
     }
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut out = HashMap::new();
-    for (id, (info, fresh)) in results {
-        if fresh {
-            report.blobs_written += 1;
-            report.bytes += info.size;
-        } else {
-            report.blobs_reused += 1;
+    let mut out = LayerBlobs::default();
+    for (id, info, created) in results {
+        match created {
+            Some(c) => {
+                report.blobs_written += 1;
+                report.bytes += info.size;
+                out.created.push(c);
+            }
+            None => report.blobs_reused += 1,
         }
-        out.insert(id, info);
+        out.blobs.insert(id, info);
     }
     Ok(out)
 }
@@ -523,38 +533,28 @@ fn new_oci_manifest(p: &Prepared, blobs: &HashMap<String, BlobInfo>) -> Result<V
     serde_json::to_vec(&m).map_err(|e| StorageError::image(p.image.id(), e.to_string()))
 }
 
-/// Writes the OCI layout metadata (blobs already in `root/blobs/sha256`).
-fn write_oci_layout(
-    root: &Path,
+/// A blob's digest and bytes.
+type DigestedBlob = (Digest, Vec<u8>);
+
+/// The OCI documents of an export: the blobs besides layers (configs, manifests) and the
+/// new `index.json`, which keeps the other entries of `index` (an existing layout's).
+fn oci_documents(
     prepared: &[Prepared],
     blobs: &HashMap<String, BlobInfo>,
+    mut index: Value,
     report: &mut ImageExportReport,
-) -> Result<()> {
-    let blob_dir = root.join("blobs/sha256");
-    let layout_file = root.join("oci-layout");
-    if !layout_file.exists() {
-        put_file(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    }
-    let index_path = root.join("index.json");
-    let mut index: Value = match std::fs::read(&index_path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            StorageError::corrupt(&index_path, format!("existing index.json is not JSON: {e}"))
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            json!({"schemaVersion": 2, "manifests": []})
-        }
-        Err(e) => return Err(StorageError::io(&index_path, e)),
-    };
+) -> Result<(Vec<DigestedBlob>, Vec<u8>)> {
     if !index["manifests"].is_array() {
         index["manifests"] = json!([]);
     }
     index["mediaType"] = json!("application/vnd.oci.image.index.v1+json");
+    let mut docs = Vec::new();
     for p in prepared {
-        put_blob_bytes(&blob_dir, &p.config_digest, &p.config)?;
+        docs.push((p.config_digest.clone(), p.config.clone()));
         let m = oci_manifest(p, blobs)?;
         let md = hex_digest(&Sha256::digest(&m));
-        put_blob_bytes(&blob_dir, &md, &m)?;
         let mut entry = json!({"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": md.to_string(), "size": m.len()});
+        docs.push((md.clone(), m));
         if let Some(n) = &p.name {
             entry["annotations"] = json!({"org.opencontainers.image.ref.name": n});
             if let Some(arr) = index["manifests"].as_array_mut() {
@@ -570,63 +570,175 @@ fn write_oci_layout(
             .images
             .push((p.image.id().to_string(), Some(md), p.name.clone()));
     }
-    let b = serde_json::to_vec(&index)
-        .map_err(|e| StorageError::io(&index_path, std::io::Error::other(e)))?;
-    put_file(&index_path, &b)
+    let b = serde_json::to_vec(&index).map_err(|e| StorageError::InvalidArgument(e.to_string()))?;
+    Ok((docs, b))
+}
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+fn empty_index() -> Value {
+    json!({"schemaVersion": 2, "manifests": []})
+}
+
+/// A directory of the layout (`blobs`, `blobs/sha256`): used if it is a real directory (a
+/// symlink is never followed out of the layout), created (and registered) if absent.
+fn layout_dir(path: &Path, created: &mut Vec<Pending>) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(StorageError::Output {
+            path: path.to_owned(),
+            message: "is not a directory (a symlink in an OCI layout is not followed); refusing to write into it".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            created.push(output::create_dir_pending(path).map_err(|e| StorageError::io(path, e))?);
+            Ok(())
+        }
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// Writes an OCI layout directory at `path`: a new one, or added to an existing layout (or
+/// an empty directory). On failure nothing this export created remains.
+fn export_oci_dir(
+    prepared: &[Prepared],
+    layers: &[Layer],
+    path: &Path,
+    opts: &ImageExportOptions,
+    report: &mut ImageExportReport,
+) -> Result<()> {
+    let output_err = |m: &str| StorageError::Output {
+        path: path.to_owned(),
+        message: m.to_string(),
+    };
+    if path == Path::new("-") {
+        return Err(output_err(
+            "an OCI layout is a directory; write oci-archive or docker-archive to standard output",
+        ));
+    }
+    let mut created: Vec<Pending> = Vec::new();
+    // Follows a symlink to the directory the user named.
+    let root = match std::fs::metadata(path) {
+        Ok(md) if md.is_dir() => {
+            let root = std::fs::canonicalize(path).map_err(|e| StorageError::io(path, e))?;
+            let mut entries = std::fs::read_dir(&root).map_err(|e| StorageError::io(path, e))?;
+            let empty = entries.next().is_none();
+            if !empty
+                && !std::fs::symlink_metadata(root.join("oci-layout")).is_ok_and(|m| m.is_file())
+            {
+                return Err(output_err(
+                    "is neither empty nor an OCI layout (it has no oci-layout file); refusing to write into it",
+                ));
+            }
+            root
+        }
+        Ok(_) => return Err(output_err("exists and is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            created.push(output::create_dir_pending(path).map_err(|e| StorageError::io(path, e))?);
+            path.to_owned()
+        }
+        Err(e) => return Err(StorageError::io(path, e)),
+    };
+    let index_path = root.join("index.json");
+    let index = match std::fs::read(&index_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            StorageError::corrupt(&index_path, format!("existing index.json is not JSON: {e}"))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => empty_index(),
+        Err(e) => return Err(StorageError::io(&index_path, e)),
+    };
+    output::remove_stale_temporaries(&root);
+    layout_dir(&root.join("blobs"), &mut created)?;
+    let blob_dir = root.join("blobs/sha256");
+    layout_dir(&blob_dir, &mut created)?;
+    output::remove_stale_temporaries(&blob_dir);
+    let mut lb = export_layers(&blob_dir, path, layers, opts, report)?;
+    created.append(&mut lb.created);
+    let (docs, index) = oci_documents(prepared, &lb.blobs, index, report)?;
+    for (d, b) in &docs {
+        created.extend(put_blob_bytes(&blob_dir, d, b)?);
+    }
+    if !std::fs::symlink_metadata(root.join("oci-layout")).is_ok_and(|m| m.is_file()) {
+        put_file(&root.join("oci-layout"), OCI_LAYOUT)?;
+    }
+    // The commit point: the new index names the new blobs.
+    put_file(&index_path, &index)?;
+    created.into_iter().for_each(Pending::keep);
+    Ok(())
 }
 
 /// Writes a small file atomically (temporary name, then rename).
 fn put_file(path: &Path, b: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(tmp_name("meta"));
-    let mut guard = TmpGuard(Some(tmp.clone()));
-    std::fs::write(&tmp, b).map_err(|e| StorageError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
-    guard.0 = None;
-    Ok(())
+    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("meta");
+    let (tmp, mut f) = output::create_temp_in(dir, base).map_err(|e| StorageError::io(path, e))?;
+    f.write_all(b).map_err(|e| StorageError::io(path, e))?;
+    drop(f);
+    tmp.rename_to(path).map_err(|e| StorageError::io(path, e))
 }
 
-/// Appends a directory tree (files and symlinks) to a tar, sorted by name.
-fn tar_tree(out: &mut impl Write, root: &Path, rel: &Path) -> std::io::Result<()> {
-    let mut names: Vec<_> =
-        std::fs::read_dir(root.join(rel))?.collect::<std::io::Result<Vec<_>>>()?;
-    names.sort_by_key(|e| e.file_name());
-    for e in names {
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
+/// A member of an archive, besides the layers streamed into it.
+enum Member {
+    Dir(String),
+    Bytes(String, Vec<u8>),
+    Symlink(String, String),
+    /// A blob spooled to a file.
+    File(String, PathBuf),
+}
+
+impl Member {
+    fn name(&self) -> &str {
+        match self {
+            Member::Dir(n) | Member::Bytes(n, _) | Member::Symlink(n, _) | Member::File(n, _) => n,
         }
-        let r = rel.join(&name);
-        let md = std::fs::symlink_metadata(root.join(&r))?;
-        use std::os::unix::ffi::OsStrExt;
-        let rb = r.as_os_str().as_bytes().to_vec();
-        if md.is_dir() {
-            let mut h = TarHeader::new([rb, b"/".to_vec()].concat(), EntryType::Directory);
-            h.mode = 0o755;
-            out.write_all(&h.to_bytes())?;
-            tar_tree(out, root, &r)?;
-        } else if md.file_type().is_symlink() {
-            let mut h = TarHeader::new(rb, EntryType::Symlink);
-            h.mode = 0o777;
-            use std::os::unix::ffi::OsStringExt;
-            h.link_target = std::fs::read_link(root.join(&r))?
-                .into_os_string()
-                .into_vec();
-            out.write_all(&h.to_bytes())?;
-        } else {
-            let mut h = TarHeader::new(rb, EntryType::Regular);
-            h.mode = 0o644;
-            h.size = md.len();
-            out.write_all(&h.to_bytes())?;
-            let mut f = File::open(root.join(&r))?;
-            let n = std::io::copy(&mut f, out)?;
-            if n != md.len() {
-                return Err(std::io::Error::other(format!(
-                    "{} changed size while archived",
-                    r.display()
-                )));
+    }
+}
+
+/// Appends `members` to a tar, each directory followed by its contents, siblings sorted by
+/// name; a name given twice is written once.
+fn write_members(out: &mut impl Write, mut members: Vec<Member>) -> std::io::Result<()> {
+    members.sort_by(|a, b| {
+        a.name()
+            .trim_end_matches('/')
+            .split('/')
+            .cmp(b.name().trim_end_matches('/').split('/'))
+    });
+    members.dedup_by(|a, b| a.name() == b.name());
+    for m in members {
+        match m {
+            Member::Dir(n) => {
+                let mut h = TarHeader::new(n.into_bytes(), EntryType::Directory);
+                h.mode = 0o755;
+                out.write_all(&h.to_bytes())?;
             }
-            out.write_all(&[0u8; BLOCK][..padding(n) as usize])?;
+            Member::Symlink(n, target) => {
+                let mut h = TarHeader::new(n.into_bytes(), EntryType::Symlink);
+                h.mode = 0o777;
+                h.link_target = target.into_bytes();
+                out.write_all(&h.to_bytes())?;
+            }
+            Member::Bytes(n, b) => {
+                let mut h = TarHeader::new(n.into_bytes(), EntryType::Regular);
+                h.mode = 0o644;
+                h.size = b.len() as u64;
+                out.write_all(&h.to_bytes())?;
+                out.write_all(&b)?;
+                out.write_all(&[0u8; BLOCK][..padding(b.len() as u64) as usize])?;
+            }
+            Member::File(n, path) => {
+                let mut f = File::open(&path)?;
+                let len = f.metadata()?.len();
+                let mut h = TarHeader::new(n.clone().into_bytes(), EntryType::Regular);
+                h.mode = 0o644;
+                h.size = len;
+                out.write_all(&h.to_bytes())?;
+                let copied = std::io::copy(&mut f, out)?;
+                if copied != len {
+                    return Err(std::io::Error::other(format!(
+                        "{n} changed size while archived"
+                    )));
+                }
+                out.write_all(&[0u8; BLOCK][..padding(len) as usize])?;
+            }
         }
     }
     Ok(())
@@ -636,7 +748,7 @@ fn tar_tree(out: &mut impl Write, root: &Path, rel: &Path) -> std::io::Result<()
 /// rebuilt with the digest verified (a mismatch fails the export, and the caller removes the
 /// unfinished archive).
 fn stream_layer(
-    w: &mut BufWriter<File>,
+    w: &mut BufWriter<OutputFile>,
     name: &str,
     layer: &Layer,
     progress: Option<&ImageProgress>,
@@ -650,7 +762,8 @@ fn stream_layer(
         .and_then(|_| w.flush())
         .map_err(|e| StorageError::io(archive, e))?;
     let opts = verified_export(layer, progress);
-    // Straight into the file (copy_file_range where it can), after what the buffer held.
+    // Straight into the output (copy_file_range or splice where it can), after what the
+    // buffer held.
     let rep = layer.export_to_fd(w.get_ref().as_fd(), archive, &opts)?;
     if rep.bytes != size {
         return Err(StorageError::layer(
@@ -662,18 +775,19 @@ fn stream_layer(
         .map_err(|e| StorageError::io(archive, e))
 }
 
-/// Writes a docker-archive tree into `root` (layers already in `root` as `<hex>.tar`).
-fn write_docker_tree(
-    root: &Path,
+/// The docker-archive members besides layer blobs (configs, legacy layer directories,
+/// `manifest.json`, `repositories`).
+fn docker_members(
     prepared: &[Prepared],
     blobs: &HashMap<String, BlobInfo>,
     report: &mut ImageExportReport,
-) -> Result<()> {
+) -> Result<Vec<Member>> {
+    let mut members = Vec::new();
     let mut manifest = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for p in prepared {
         let cfg_name = format!("{}.json", hex(&p.config_digest));
-        put_file(&root.join(&cfg_name), &p.config)?;
+        members.push(Member::Bytes(cfg_name.clone(), p.config.clone()));
         let mut layer_paths = Vec::new();
         let mut parent = String::new();
         let mut last = String::new();
@@ -686,36 +800,40 @@ fn write_docker_tree(
                 format!("{parent} {}", b.digest).as_bytes(),
             )))
             .to_string();
-            let ld = root.join(&legacy_id);
-            if !ld.exists() {
-                std::fs::create_dir_all(&ld).map_err(|e| StorageError::io(&ld, e))?;
-                put_file(&ld.join("VERSION"), b"1.0")?;
-                let mut cfg = json!({"id": legacy_id});
-                if !parent.is_empty() {
-                    cfg["parent"] = json!(parent);
-                }
-                if i + 1 == p.layers.len() {
-                    if let Ok(Value::Object(c)) = serde_json::from_slice::<Value>(&p.config) {
-                        for k in [
-                            "architecture",
-                            "config",
-                            "container",
-                            "container_config",
-                            "created",
-                            "docker_version",
-                            "os",
-                        ] {
-                            if let Some(v) = c.get(k) {
-                                cfg[k] = v.clone();
-                            }
+            members.push(Member::Dir(format!("{legacy_id}/")));
+            members.push(Member::Bytes(
+                format!("{legacy_id}/VERSION"),
+                b"1.0".to_vec(),
+            ));
+            let mut cfg = json!({"id": legacy_id});
+            if !parent.is_empty() {
+                cfg["parent"] = json!(parent);
+            }
+            if i + 1 == p.layers.len() {
+                if let Ok(Value::Object(c)) = serde_json::from_slice::<Value>(&p.config) {
+                    for k in [
+                        "architecture",
+                        "config",
+                        "container",
+                        "container_config",
+                        "created",
+                        "docker_version",
+                        "os",
+                    ] {
+                        if let Some(v) = c.get(k) {
+                            cfg[k] = v.clone();
                         }
                     }
                 }
-                put_file(&ld.join("json"), cfg.to_string().as_bytes())?;
-                let link = ld.join("layer.tar");
-                std::os::unix::fs::symlink(format!("../{physical}"), &link)
-                    .map_err(|e| StorageError::io(&link, e))?;
             }
+            members.push(Member::Bytes(
+                format!("{legacy_id}/json"),
+                cfg.to_string().into_bytes(),
+            ));
+            members.push(Member::Symlink(
+                format!("{legacy_id}/layer.tar"),
+                format!("../{physical}"),
+            ));
             parent = legacy_id.clone();
             last = legacy_id;
         }
@@ -738,22 +856,186 @@ fn write_docker_tree(
             .images
             .push((p.image.id().to_string(), None, p.name.clone()));
     }
-    put_file(
-        &root.join("manifest.json"),
-        serde_json::to_string(&manifest)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    put_file(
-        &root.join("repositories"),
-        serde_json::to_string(&repositories)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    members.push(Member::Bytes(
+        "manifest.json".into(),
+        serde_json::to_vec(&manifest).unwrap_or_default(),
+    ));
+    members.push(Member::Bytes(
+        "repositories".into(),
+        serde_json::to_vec(&repositories).unwrap_or_default(),
+    ));
+    Ok(members)
+}
+
+/// Writes an oci-archive or docker-archive to `path` by the output rules: a regular file is
+/// replaced only when the archive is complete; standard output, a FIFO or a device receive
+/// it in one pass.
+fn export_archive(
+    prepared: &[Prepared],
+    layers: &[Layer],
+    path: &Path,
+    opts: &ImageExportOptions,
+    report: &mut ImageExportReport,
+) -> Result<()> {
+    let out = OutputFile::create(path)?;
+    let name = out.name().to_owned();
+    let direct = out.is_direct();
+    let oci = opts.format == ArchiveFormat::OciArchive;
+    // Uncompressed layers of known size can go straight into the archive (their blob is the
+    // layer tar: digest = DiffID, size = diff-size, both known before writing) instead of
+    // through a temporary file. Into a stream all of them do (one pass, nothing spooled);
+    // into a file the largest one does, while the others are written beside it in parallel
+    // (all of them with one job).
+    let jobs = effective_jobs(opts.jobs);
+    let mut candidates: Vec<(String, Layer, Digest, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let uncompressed = if opts.compression == LayerCompression::None {
+        layers
+    } else {
+        &[]
+    };
+    for l in uncompressed {
+        if let (Some(digest), Some(size)) = (l.diff_id(), l.diff_size()) {
+            let member = if oci {
+                format!("blobs/sha256/{}", hex(&digest))
+            } else {
+                format!("{}.tar", hex(&digest))
+            };
+            if seen.insert(member.clone()) {
+                candidates.push((member, l.clone(), digest, size));
+            }
+        }
+    }
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.3));
+    let n_streamed = if direct || jobs <= 1 {
+        candidates.len()
+    } else {
+        candidates.len().min(1)
+    };
+    let streamed = &candidates[..n_streamed];
+    // The streamed layers, and layers sharing their blob, need no blob of their own.
+    let spooled: Vec<Layer> = layers
+        .iter()
+        .filter(|l| !streamed.iter().any(|c| Some(&c.2) == l.diff_id().as_ref()))
+        .cloned()
+        .collect();
+    // Spooled blobs go beside a file output, or to the temporary directory for a stream
+    // (compressed layers, whose digest is known only once compressed).
+    let spool = if spooled.is_empty() {
+        None
+    } else {
+        let dir = match out.directory() {
+            Some(d) => d.to_owned(),
+            None => std::env::temp_dir(),
+        };
+        output::remove_stale_temporaries(&dir);
+        let base = name
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "export".into());
+        let spool_path = dir.join(output::temp_name(std::ffi::OsStr::new(&format!(
+            "{base}.d"
+        ))));
+        Some(output::create_dir_pending(&spool_path).map_err(|e| {
+            StorageError::io(
+                &name,
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create a temporary directory in {}: {e}",
+                        dir.display()
+                    ),
+                ),
+            )
+        })?)
+    };
+    let spool_dir = spool.as_ref().map(|p| p.path().to_owned());
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let spool_opts = ImageExportOptions {
+        jobs: jobs.saturating_sub(n_streamed.min(1)).max(1),
+        ..opts.clone()
+    };
+    let (spool_result, stream_result) = std::thread::scope(|sc| {
+        let spool = sc.spawn(|| {
+            let mut r = ImageExportReport::default();
+            match &spool_dir {
+                Some(d) => export_layers(d, &name, &spooled, &spool_opts, &mut r).map(|b| (b, r)),
+                None => Ok((LayerBlobs::default(), r)),
+            }
+        });
+        let streamed_ok = streamed.iter().try_for_each(|(member, l, _, _)| {
+            stream_layer(&mut w, member, l, opts.progress.as_ref(), &name)
+        });
+        let spooled = match spool.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        (spooled, streamed_ok)
+    });
+    stream_result?;
+    let (spooled_blobs, spool_report) = spool_result?;
+    report.blobs_written += spool_report.blobs_written;
+    report.blobs_reused += spool_report.blobs_reused;
+    report.bytes += spool_report.bytes;
+    let mut blobs = spooled_blobs.blobs;
+    for l in layers {
+        if let Some(c) = streamed.iter().find(|c| Some(&c.2) == l.diff_id().as_ref()) {
+            blobs.insert(
+                l.id().to_string(),
+                BlobInfo {
+                    digest: c.2.clone(),
+                    size: c.3,
+                    media_type: MEDIA_TYPE_OCI_LAYER.into(),
+                },
+            );
+        }
+    }
+    report.blobs_written += streamed.len();
+    report.bytes += streamed.iter().map(|c| c.3).sum::<u64>();
+    // Spooled blobs, under their member names.
+    let mut members = Vec::new();
+    if let Some(d) = &spool_dir {
+        let mut done = std::collections::HashSet::new();
+        for l in &spooled {
+            let b = &blobs[l.id()];
+            if done.insert(b.digest.clone()) {
+                let member = if oci {
+                    format!("blobs/sha256/{}", hex(&b.digest))
+                } else {
+                    format!("{}.tar", hex(&b.digest))
+                };
+                members.push(Member::File(member, d.join(hex(&b.digest))));
+            }
+        }
+    }
+    if oci {
+        let (docs, index) = oci_documents(prepared, &blobs, empty_index(), report)?;
+        members.push(Member::Dir("blobs/".into()));
+        members.push(Member::Dir("blobs/sha256/".into()));
+        for (d, b) in docs {
+            members.push(Member::Bytes(format!("blobs/sha256/{}", hex(&d)), b));
+        }
+        members.push(Member::Bytes("oci-layout".into(), OCI_LAYOUT.to_vec()));
+        members.push(Member::Bytes("index.json".into(), index));
+    } else {
+        members.extend(docker_members(prepared, &blobs, report)?);
+    }
+    write_members(&mut w, members)
+        .and_then(|_| w.write_all(&[0u8; 2 * BLOCK]))
+        .and_then(|_| w.flush())
+        .map_err(|e| StorageError::io(&name, e))?;
+    let out = w
+        .into_inner()
+        .map_err(|e| StorageError::io(&name, e.into_error()))?;
+    out.commit()?;
+    drop(spool);
     Ok(())
 }
 
-/// Exports `items` to `path` in the chosen format.
+/// Exports `items` to `path` in the chosen format, by the rules of [`crate::output`]: an OCI
+/// layout goes into a new directory, an empty one or an existing layout; an archive may go
+/// to standard output (`-`), a FIFO or a device, else replaces a regular file atomically. On
+/// failure nothing this export created remains.
 pub fn export_images(
     items: &[ExportItem],
     path: &Path,
@@ -771,164 +1053,9 @@ pub fn export_images(
     let layers = unique_layers(&prepared);
     let mut report = ImageExportReport::default();
     match opts.format {
-        ArchiveFormat::Oci => {
-            if path.exists() && !path.is_dir() {
-                return Err(StorageError::io(
-                    path,
-                    std::io::Error::other("exists and is not a directory"),
-                ));
-            }
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                if !parent.is_dir() {
-                    return Err(StorageError::io(
-                        path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("{} is not a directory", parent.display()),
-                        ),
-                    ));
-                }
-            }
-            let blob_dir = path.join("blobs/sha256");
-            std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
-            let blobs = export_layers(&blob_dir, &layers, opts, &mut report)?;
-            write_oci_layout(path, &prepared, &blobs, &mut report)?;
-        }
+        ArchiveFormat::Oci => export_oci_dir(&prepared, &layers, path, opts, &mut report)?,
         ArchiveFormat::OciArchive | ArchiveFormat::DockerArchive => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = path
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let work = dir.join(tmp_name(&format!("{base}.d")));
-            // Not create_dir_all: a missing parent directory is the caller's error.
-            std::fs::create_dir(&work).map_err(|e| {
-                StorageError::io(
-                    path,
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot create a temporary directory in {}: {e}",
-                            dir.display()
-                        ),
-                    ),
-                )
-            })?;
-            struct DirGuard(PathBuf);
-            impl Drop for DirGuard {
-                fn drop(&mut self) {
-                    let _ = std::fs::remove_dir_all(&self.0);
-                }
-            }
-            let _wg = DirGuard(work.clone());
-            // Uncompressed layers of known size can go straight into the archive (their blob
-            // is the layer tar: digest = DiffID, size = diff-size, both known before writing)
-            // instead of through a temporary file. The largest one does, while the others
-            // are written to the work tree in parallel (all of them stream with one job).
-            let jobs = effective_jobs(opts.jobs);
-            let mut candidates: Vec<(String, Layer, Digest, u64)> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            let uncompressed = if opts.compression == LayerCompression::None {
-                &layers[..]
-            } else {
-                &[]
-            };
-            for l in uncompressed {
-                if let (Some(digest), Some(size)) = (l.diff_id(), l.diff_size()) {
-                    let name = if opts.format == ArchiveFormat::OciArchive {
-                        format!("blobs/sha256/{}", hex(&digest))
-                    } else {
-                        format!("{}.tar", hex(&digest))
-                    };
-                    if seen.insert(name.clone()) {
-                        candidates.push((name, l.clone(), digest, size));
-                    }
-                }
-            }
-            candidates.sort_by_key(|c| std::cmp::Reverse(c.3));
-            let n_streamed = if jobs <= 1 {
-                candidates.len()
-            } else {
-                candidates.len().min(1)
-            };
-            let streamed = &candidates[..n_streamed];
-            // The streamed layers, and layers sharing their blob, need no blob of their own.
-            let spooled: Vec<Layer> = layers
-                .iter()
-                .filter(|l| !streamed.iter().any(|c| Some(&c.2) == l.diff_id().as_ref()))
-                .cloned()
-                .collect();
-            let blob_dir = if opts.format == ArchiveFormat::OciArchive {
-                work.join("blobs/sha256")
-            } else {
-                work.clone()
-            };
-            std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io(&blob_dir, e))?;
-            let tmp = dir.join(tmp_name(&base));
-            let mut guard = TmpGuard(Some(tmp.clone()));
-            let f = File::create(&tmp).map_err(|e| StorageError::io(path, e))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            let spool_opts = ImageExportOptions {
-                jobs: jobs.saturating_sub(n_streamed.min(1)).max(1),
-                ..opts.clone()
-            };
-            let (spool_result, stream_result) = std::thread::scope(|sc| {
-                let spool = sc.spawn(|| {
-                    let mut r = ImageExportReport::default();
-                    export_layers(&blob_dir, &spooled, &spool_opts, &mut r).map(|b| (b, r))
-                });
-                let streamed_ok = streamed.iter().try_for_each(|(name, l, _, _)| {
-                    stream_layer(&mut w, name, l, opts.progress.as_ref(), path)
-                });
-                let spooled = spool.join().unwrap_or_else(|_| {
-                    Err(StorageError::InvalidArgument(
-                        "a layer export thread panicked".into(),
-                    ))
-                });
-                (spooled, streamed_ok)
-            });
-            stream_result?;
-            let (mut blobs, spool_report) = spool_result?;
-            report.blobs_written += spool_report.blobs_written;
-            report.blobs_reused += spool_report.blobs_reused;
-            report.bytes += spool_report.bytes;
-            for l in &layers {
-                if let Some(c) = streamed.iter().find(|c| Some(&c.2) == l.diff_id().as_ref()) {
-                    blobs.insert(
-                        l.id().to_string(),
-                        BlobInfo {
-                            digest: c.2.clone(),
-                            size: c.3,
-                            media_type: MEDIA_TYPE_OCI_LAYER.into(),
-                        },
-                    );
-                }
-            }
-            report.blobs_written += streamed.len();
-            report.bytes += streamed.iter().map(|c| c.3).sum::<u64>();
-            if opts.format == ArchiveFormat::OciArchive {
-                write_oci_layout(&work, &prepared, &blobs, &mut report)?;
-            } else {
-                // Spooled layers are stored as <digest>.tar.
-                for b in blobs.values() {
-                    let from = work.join(hex(&b.digest));
-                    let to = work.join(format!("{}.tar", hex(&b.digest)));
-                    if from.exists() {
-                        std::fs::rename(&from, &to).map_err(|e| StorageError::io(&to, e))?;
-                    }
-                }
-                write_docker_tree(&work, &prepared, &blobs, &mut report)?;
-            }
-            tar_tree(&mut w, &work, Path::new(""))
-                .and_then(|_| w.write_all(&[0u8; 2 * BLOCK]))
-                .and_then(|_| w.flush())
-                .map_err(|e| StorageError::io(path, e))?;
-            drop(w);
-            std::fs::rename(&tmp, path).map_err(|e| StorageError::io(path, e))?;
-            guard.0 = None;
+            export_archive(&prepared, &layers, path, opts, &mut report)?
         }
     }
     Ok(report)

@@ -87,70 +87,94 @@ fn is_list(image: &Image) -> bool {
     image.manifest().is_ok_and(|m| m.kind().is_list())
 }
 
+/// For each image (by position in `images`), the positions of its child images.
+fn children(images: &[Image], parents: &HashMap<String, Option<String>>) -> Vec<Vec<usize>> {
+    // Images by top layer, and by the parent of their top layer.
+    let mut on_layer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut above_layer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut layerless = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        match img.top_layer_id() {
+            Some(top) => {
+                on_layer.entry(top).or_default().push(i);
+                if let Some(Some(p)) = parents.get(top) {
+                    above_layer.entry(p.as_str()).or_default().push(i);
+                }
+            }
+            None => layerless.push(i),
+        }
+    }
+    let mut cache: HashMap<usize, Option<Lineage>> = HashMap::new();
+    let mut out = vec![Vec::new(); images.len()];
+    for (i, img) in images.iter().enumerate() {
+        let candidates: Vec<usize> = match img.top_layer_id() {
+            Some(top) => above_layer
+                .get(top)
+                .into_iter()
+                .chain(on_layer.get(top))
+                .flatten()
+                .copied()
+                .collect(),
+            None if is_list(img) => continue,
+            None => layerless
+                .iter()
+                .copied()
+                .filter(|&c| !is_list(&images[c]))
+                .collect(),
+        };
+        let candidates: Vec<usize> = candidates.into_iter().filter(|&c| c != i).collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        cache.entry(i).or_insert_with(|| lineage(img));
+        for c in candidates {
+            cache.entry(c).or_insert_with(|| lineage(&images[c]));
+            if let (Some(Some(p)), Some(Some(ch))) = (cache.get(&i), cache.get(&c)) {
+                if parent_and_child(p, ch) {
+                    out[i].push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Storage {
-    /// The IDs of the images podman calls intermediate: no names, and a child image built
-    /// on them (see the module documentation for the exact rule). `podman images` hides
-    /// them unless `-a` is given.
-    pub fn intermediate_image_ids(&self) -> Result<BTreeSet<String>> {
+    /// Every image, and for each (by position) the positions of its child images.
+    pub(crate) fn image_children(&self) -> Result<(Vec<Image>, Vec<Vec<usize>>)> {
         let images = self.list_images()?;
         let parents: HashMap<String, Option<String>> = self
             .list_layers()?
             .iter()
             .map(|l| (l.id().to_string(), l.parent_id().map(str::to_string)))
             .collect();
-        // Images by top layer, and by the parent of their top layer.
-        let mut on_layer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        let mut above_layer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        let mut layerless = Vec::new();
-        for (i, img) in images.iter().enumerate() {
-            match img.top_layer_id() {
-                Some(top) => {
-                    on_layer.entry(top).or_default().push(i);
-                    if let Some(Some(p)) = parents.get(top) {
-                        above_layer.entry(p.as_str()).or_default().push(i);
-                    }
-                }
-                None => layerless.push(i),
-            }
-        }
-        let mut cache: HashMap<usize, Option<Lineage>> = HashMap::new();
-        let mut out = BTreeSet::new();
-        for (i, img) in images.iter().enumerate() {
-            if !img.names().is_empty() {
-                continue;
-            }
-            let candidates: Vec<usize> = match img.top_layer_id() {
-                Some(top) => above_layer
-                    .get(top)
-                    .into_iter()
-                    .chain(on_layer.get(top))
-                    .flatten()
-                    .copied()
-                    .collect(),
-                None if is_list(img) => continue,
-                None => layerless
-                    .iter()
-                    .copied()
-                    .filter(|&c| !is_list(&images[c]))
-                    .collect(),
-            };
-            let candidates: Vec<usize> = candidates.into_iter().filter(|&c| c != i).collect();
-            if candidates.is_empty() {
-                continue;
-            }
-            cache.entry(i).or_insert_with(|| lineage(img));
-            let mut found = false;
-            for c in candidates {
-                cache.entry(c).or_insert_with(|| lineage(&images[c]));
-                if let (Some(Some(p)), Some(Some(ch))) = (cache.get(&i), cache.get(&c)) {
-                    if parent_and_child(p, ch) {
-                        found = true;
-                        break;
-                    }
-                }
-            }
-            if found {
-                out.insert(img.id().to_string());
+        let children = children(&images, &parents);
+        Ok((images, children))
+    }
+
+    /// The IDs of the images podman calls intermediate: no names, and a child image built
+    /// on them (see the module documentation for the exact rule). `podman images` hides
+    /// them unless `-a` is given.
+    pub fn intermediate_image_ids(&self) -> Result<BTreeSet<String>> {
+        let (images, children) = self.image_children()?;
+        Ok(images
+            .iter()
+            .zip(&children)
+            .filter(|(img, ch)| img.names().is_empty() && !ch.is_empty())
+            .map(|(img, _)| img.id().to_string())
+            .collect())
+    }
+
+    /// For each image that has one, the ID of its parent image by podman's rule (the image
+    /// it is a child of, see the module documentation): what `podman images` shows as
+    /// `ParentId`. Several candidates (images with the same content): the first listed.
+    pub fn image_parents(&self) -> Result<BTreeMap<String, String>> {
+        let (images, children) = self.image_children()?;
+        let mut out = BTreeMap::new();
+        for (p, ch) in children.iter().enumerate() {
+            for &c in ch {
+                out.entry(images[c].id().to_string())
+                    .or_insert_with(|| images[p].id().to_string());
             }
         }
         Ok(out)

@@ -12,7 +12,7 @@ use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
 use crate::image::Image;
 use crate::records::{IdMapping, LayerMetadata};
-use crate::storage::{LayerStore, NamedDir, Snapshot, Storage, layer_users};
+use crate::storage::{LayerStore, NamedDir, Snapshot, Storage};
 
 /// Longest parent chain followed before giving up (c/storage itself has no limit, but the
 /// kernel's overlayfs stacks at most a few hundred lowers).
@@ -64,7 +64,26 @@ impl Compression {
     }
 }
 
-/// A layer of the store (an image layer or a container's read-write layer).
+/// A layer of the store (an image layer or a container's read-write layer): a cheap handle
+/// on its record, from [`Image::layers`], [`Storage::list_layers`], [`Storage::find_layer`]
+/// or [`Storage::resolve_diff_ids`].
+///
+/// ```no_run
+/// use composefs_storage::{ExportOptions, Verify};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
+/// let layer = storage.find_image("alpine")?.layers()?.remove(0);
+/// println!("{} {:?} parent {:?}", layer.id(), layer.diff_digest(), layer.parent_id());
+/// // The original tar, rebuilt bit for bit and checked against the DiffID.
+/// let mut out = std::fs::File::create("base.tar")?;
+/// layer.export(&mut out, &ExportOptions::new(Verify::Digest))?;
+/// // Its own files (not the merged view), with whiteouts reported as such.
+/// for entry in layer.read_dir("/")? {
+///     println!("{:?} {:?}", entry.name, entry.kind);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Layer {
     storage: Storage,
@@ -241,9 +260,13 @@ impl Layer {
 
     /// The IDs of the images whose layer chain contains this layer.
     pub fn image_ids(&self) -> Vec<String> {
-        layer_users(&self.snap)
-            .remove(self.id())
-            .unwrap_or_default()
+        let (images, tops) = self.snap.image_tops();
+        self.snap
+            .chains()
+            .users_of(self.id(), &tops)
+            .into_iter()
+            .map(|i| images[i].1.id.clone())
+            .collect()
     }
 
     /// The images whose layer chain contains this layer.
@@ -335,6 +358,23 @@ impl Layer {
     }
 
     pub(crate) fn lower_diff_dirs_with_paths(&self) -> Result<Vec<(Dir, PathBuf)>> {
+        Ok(self
+            .lower_layers()?
+            .into_iter()
+            .map(|l| (l.dir, l.path))
+            .collect())
+    }
+
+    /// The IDs of the layers whose diff directories are this layer's overlay lowers,
+    /// top-most first (the layers named by `overlay/<id>/lower`; empty for a base layer).
+    /// These are the directories c/storage, and [`crate::TarSplitFdStream`], look in for a
+    /// file missing from this layer's own `diff/`.
+    pub fn lower_layer_ids(&self) -> Result<Vec<String>> {
+        Ok(self.lower_layers()?.into_iter().map(|l| l.id).collect())
+    }
+
+    /// The overlay lowers with their layer IDs, top-most first.
+    pub(crate) fn lower_layers(&self) -> Result<Vec<LowerDir>> {
         let (ld, lpath) = self.layer_dir()?;
         let lower_path = lpath.join("lower");
         let Some(b) = fsutil::read_file_optional(&ld, Path::new("lower"), 1 << 20)
@@ -390,7 +430,11 @@ impl Layer {
                 };
                 let diff = fsutil::open_dir_nofollow(&dir, Path::new("diff"))
                     .map_err(|e| StorageError::io(dpath.join("diff"), e))?;
-                resolved = Some((diff, dpath.join("diff")));
+                resolved = Some(LowerDir {
+                    dir: diff,
+                    path: dpath.join("diff"),
+                    id: id.to_string(),
+                });
                 break;
             }
             out.push(resolved.ok_or_else(|| {
@@ -514,6 +558,14 @@ impl Layer {
             Err(e) => Err(StorageError::io(dir.path.join(rel), e)),
         }
     }
+}
+
+/// One overlay lower of a layer: its `diff/` directory, that path (for messages) and the
+/// ID of the layer it belongs to.
+pub(crate) struct LowerDir {
+    pub(crate) dir: Dir,
+    pub(crate) path: PathBuf,
+    pub(crate) id: String,
 }
 
 /// Finds `<home>/<id>` in the first home that has it.

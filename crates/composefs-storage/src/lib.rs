@@ -56,16 +56,64 @@
 //! - [`mod@reference`]: image reference parsing and docker.io normalization.
 //! - [`rootfs`]: [`RootFs`], an image's merged root filesystem (whiteouts, opaque
 //!   directories, symlinks resolved inside the image) read from its layers without mounting.
+//! - [`layer_files`]: [`LayerFiles`], one layer's own files (not the merged view) with its
+//!   whiteouts and opaque directories reported as such.
+//! - [`output`]: [`OutputFile`], the rules every writer of files follows (atomic
+//!   replacement, `-` for standard output, nothing left behind).
+//! - [`unpack`]: writing a [`RootFs`] into a directory (like `umoci unpack`), safely
+//!   beneath it.
 //! - [`userns`]: whether this process can read every file of a rootless store.
 //! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
 //!
 //! The on-disk format this crate reads is described in `containers-storage-format.md` in the
 //! project's shared documentation.
+//!
+//! # For embedders
+//!
+//! The crate's `examples/` directory holds small programs that take a store root and an
+//! image: `list_images`, `image_config` (the config blob as stored), `export_layer` (a layer
+//! tar to a file through [`OutputFile`]), `import_layer` (a layer into a content-addressed
+//! object store: each file reflinked by digest, the tar's other bytes inline) and
+//! `walk_image` (the merged tree). The project's tests run each against a real store.
+//!
+//! - Opening: [`Storage::discover`], [`Storage::open`], [`Storage::open_with_config`], or
+//!   from a directory handle you already hold with [`Storage::from_dir`].
+//! - DiffIDs to layers, many at once: [`Storage::resolve_diff_ids`].
+//! - A layer's tar as segments and file descriptors: [`TarSplitFdStream`]; each file's
+//!   item names the layer that supplied it, and [`TarSplitFdStream::layer_chain`] the layers
+//!   the stream reads from.
+//! - One layer's files with whiteout semantics: [`Layer::files`]; the merged view:
+//!   [`Image::rootfs`].
+//!
+//! # API stability
+//!
+//! The crate follows [Semantic Versioning](https://semver.org) as Cargo applies it to 0.x
+//! versions: while the version is `0.y.z`, a release that breaks the API raises `y`
+//! (0.1 → 0.2) and a `z` release never breaks it. From 1.0 on, only a major version may.
+//! Every change is listed in the project's `CHANGELOG.md`, breaking ones marked as such.
+//!
+//! What is covered: every public item reachable from the crate root, except what is marked
+//! `#[doc(hidden)]` (such as the `fuzzing` module, an entry point for the fuzz targets only).
+//! Types marked `#[non_exhaustive]` (most records, option and error types) may gain fields
+//! or variants in any minor release: match them with `..` and `_`, and build them through
+//! their constructors. [`TarSplitItem`] is exhaustive, so that a match on it stays simple:
+//! a new variant or field there is a breaking change.
+//!
+//! What is not covered: the exact text of error messages and log lines (the error
+//! *variants* and their fields are); the order of items where the documentation does not
+//! promise one; and the minimum supported Rust version (`rust-version` in `Cargo.toml`),
+//! which a minor release may raise, saying so in the changelog.
+//!
+//! Behaviour towards the store is part of the contract and does not change in a patch
+//! release: the crate never writes to the store, takes c/storage's shared locks in
+//! c/storage's order, and never follows a path out of the store.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+mod chains;
 pub mod config;
+pub mod disk_usage;
 pub mod error;
 pub mod export;
 mod fsutil;
@@ -73,9 +121,12 @@ pub mod image;
 pub mod image_export;
 mod intermediate;
 pub mod layer;
+pub mod layer_files;
 mod lock;
 pub mod manifest;
+mod naive_diff;
 mod native_diff;
+pub mod output;
 mod records;
 pub mod reference;
 pub mod rootfs;
@@ -83,6 +134,7 @@ pub mod storage;
 pub mod tar_header;
 pub mod tar_split;
 mod toc;
+pub mod unpack;
 pub mod userns;
 pub mod verify;
 
@@ -94,9 +146,11 @@ pub use error::{Result, StorageError};
 pub use export::{ExportOptions, ExportReport, Verify};
 pub use image::Image;
 pub use layer::Layer;
+pub use layer_files::LayerFiles;
+pub use output::OutputFile;
 pub use records::{ContainerMetadata, IdMapping, ImageMetadata};
 pub use rootfs::RootFs;
-pub use storage::{LayerMetadata, ReadGuard, Storage};
+pub use storage::{LayerMetadata, LayerUsers, ReadGuard, Storage};
 pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};
 pub use userns::can_bypass_file_permissions;
 

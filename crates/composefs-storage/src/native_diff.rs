@@ -35,6 +35,8 @@ const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque
 struct Gen<'a, W: Write> {
     layer: &'a Layer,
     out: W,
+    /// What the output is called, for errors writing it.
+    name: &'a Path,
     uidmap: &'a [IdMapping],
     gidmap: &'a [IdMapping],
     overlay_format: bool,
@@ -46,7 +48,7 @@ struct Gen<'a, W: Write> {
     buf: Vec<u8>,
 }
 
-fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
+pub(crate) fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
     if map.is_empty() {
         return Some(id);
     }
@@ -56,7 +58,7 @@ fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
     })
 }
 
-fn keep_xattr(name: &[u8]) -> bool {
+pub(crate) fn keep_xattr(name: &[u8]) -> bool {
     name == b"security.capability"
         || name == b"security.ima"
         || (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
@@ -89,7 +91,7 @@ impl<W: Write> Gen<'_, W> {
         let b = h.to_bytes();
         self.out
             .write_all(&b)
-            .map_err(|e| StorageError::io("output", e))?;
+            .map_err(|e| StorageError::io(self.name, e))?;
         self.written += b.len() as u64;
         Ok(())
     }
@@ -296,13 +298,13 @@ impl<W: Write> Gen<'_, W> {
             }
             self.out
                 .write_all(&self.buf[..n])
-                .map_err(|e| StorageError::io("output", e))?;
+                .map_err(|e| StorageError::io(self.name, e))?;
             left -= n as u64;
         }
         let pad = padding(size) as usize;
         self.out
             .write_all(&[0u8; BLOCK][..pad])
-            .map_err(|e| StorageError::io("output", e))?;
+            .map_err(|e| StorageError::io(self.name, e))?;
         self.written += size + pad as u64;
         self.files += 1;
         if let Some(p) = &self.opts.progress {
@@ -325,10 +327,17 @@ fn is_whiteout_rdev(dir: &Dir, rel: &[u8]) -> bool {
 pub(crate) fn generate(
     layer: &Layer,
     w: TargetWriter<'_>,
-    _name: &Path,
+    name: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
     let _locks = layer.lock_and_check()?;
+    if crate::naive_diff::wanted(layer)? {
+        log::debug!(
+            "layer {}: c/storage diffs it against its parent (naive diff), so does this export",
+            layer.id()
+        );
+        return crate::naive_diff::generate(layer, w, name, opts);
+    }
     log::debug!(
         "layer {} has no tar-split: generating a tar from its diff directory; it is not the original layer blob and its digest will differ",
         layer.id()
@@ -343,6 +352,7 @@ pub(crate) fn generate(
     let mut g = Gen {
         layer,
         out: BufWriter::with_capacity(256 << 10, w),
+        name,
         uidmap: layer.uid_map(),
         gidmap: layer.gid_map(),
         overlay_format,
@@ -356,13 +366,14 @@ pub(crate) fn generate(
     g.walk(&diff, b"")?;
     g.out
         .write_all(&[0u8; 2 * BLOCK])
-        .map_err(|e| StorageError::io("output", e))?;
+        .map_err(|e| StorageError::io(name, e))?;
     g.written += 2 * BLOCK as u64;
-    g.out.flush().map_err(|e| StorageError::io("output", e))?;
+    g.out.flush().map_err(|e| StorageError::io(name, e))?;
     Ok(ExportReport {
         layer: layer.id().to_string(),
         bytes: g.written,
         files: g.files,
+        zero_copied_files: 0,
         digest: None,
         reproducible: false,
     })

@@ -78,7 +78,7 @@ const OPAQUE_XATTRS: [&str; 3] = [
     "user.fuseoverlayfs.opaque",
 ];
 const OPAQUE_FILE: &str = ".wh..wh..opq";
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OVERRIDE_XATTR: &str = "user.containers.override_stat";
 /// Buffer for `getdents64`.
 const DIRENT_BUF: usize = 32 << 10;
@@ -209,7 +209,7 @@ type Merged = Vec<(usize, LDir)>;
 /// One layer's directory: on disk, or (for a layer stored flat, as composefs stores do) a
 /// directory node of the tree read from the layer's table of contents.
 #[derive(Debug, Clone)]
-enum LDir {
+pub(crate) enum LDir {
     Disk(Arc<Dir>),
     Toc(TocRef, usize),
 }
@@ -235,7 +235,7 @@ fn toc_stat(t: &TocTree, n: usize) -> Stat {
 
 impl LDir {
     /// `lstat` of `name` in this directory; `None` if it does not exist.
-    fn lstat(&self, name: &[u8]) -> io::Result<Option<Stat>> {
+    pub(crate) fn lstat(&self, name: &[u8]) -> io::Result<Option<Stat>> {
         match self {
             LDir::Disk(d) => lstat_at(d, name),
             LDir::Toc(t, n) => Ok(t.child(*n, name).map(|c| toc_stat(t, c))),
@@ -243,14 +243,14 @@ impl LDir {
     }
 
     /// `fstat` of the directory itself.
-    fn fstat(&self) -> io::Result<Stat> {
+    pub(crate) fn fstat(&self) -> io::Result<Stat> {
         match self {
             LDir::Disk(d) => Ok(rustix::fs::fstat(&**d)?),
             LDir::Toc(t, n) => Ok(toc_stat(t, *n)),
         }
     }
 
-    fn is_opaque(&self) -> io::Result<bool> {
+    pub(crate) fn is_opaque(&self) -> io::Result<bool> {
         match self {
             LDir::Disk(d) => is_opaque(d),
             LDir::Toc(t, n) => Ok(t.child(*n, OPAQUE_FILE.as_bytes()).is_some()),
@@ -258,7 +258,7 @@ impl LDir {
     }
 
     /// The subdirectory `name` (never through a symlink).
-    fn open_dir(&self, name: &[u8]) -> io::Result<LDir> {
+    pub(crate) fn open_dir(&self, name: &[u8]) -> io::Result<LDir> {
         match self {
             LDir::Disk(d) => Ok(LDir::Disk(Arc::new(fsutil::open_dir_nofollow(
                 &**d,
@@ -274,7 +274,7 @@ impl LDir {
         }
     }
 
-    fn read_link(&self, name: &[u8]) -> io::Result<OsString> {
+    pub(crate) fn read_link(&self, name: &[u8]) -> io::Result<OsString> {
         match self {
             LDir::Disk(d) => read_link_at(d, name),
             LDir::Toc(t, n) => match t.child(*n, name) {
@@ -288,7 +288,7 @@ impl LDir {
     }
 
     /// Opens the regular file `name` for reading.
-    fn open_file(&self, name: &[u8]) -> io::Result<File> {
+    pub(crate) fn open_file(&self, name: &[u8]) -> io::Result<File> {
         match self {
             LDir::Disk(d) => Ok(fsutil::open_regular(&**d, Path::new(os(name)), Follow::No)?.0),
             LDir::Toc(t, n) => match t.child(*n, name) {
@@ -301,7 +301,7 @@ impl LDir {
     }
 
     /// The directory's own handle, for xattrs (disk only).
-    fn disk(&self) -> Option<&Dir> {
+    pub(crate) fn disk(&self) -> Option<&Dir> {
         match self {
             LDir::Disk(d) => Some(d),
             LDir::Toc(..) => None,
@@ -335,6 +335,22 @@ enum Resolved {
 
 /// The merged root filesystem of an image.
 ///
+/// ```no_run
+/// use std::io::Read;
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = composefs_storage::Storage::discover()?;
+/// let rootfs = storage.find_image("alpine")?.rootfs()?;
+/// let md = rootfs.stat("/bin/sh")?;                 // symlinks followed inside the image
+/// println!("{:o} {}:{} from layer {}", md.mode, md.uid, md.gid, rootfs.layer_ids()[md.layer]);
+/// let mut motd = String::new();
+/// rootfs.open("/etc/motd")?.read_to_string(&mut motd).ok();
+/// for entry in rootfs.walk_from("/etc")? {
+///     println!("{}", entry?.path.display());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
 /// Created by [`Image::rootfs`]. It holds directory handles on the image's layers and, like
 /// a layer export, the shared locks of the layer stores they belong to, taken after checking
 /// the layers are still there: c/storage writers cannot delete the layers while a `RootFs`
@@ -344,21 +360,19 @@ pub struct RootFs {
     image: String,
     layer_ids: Vec<String>,
     root: Merged,
-    force_mask: bool,
-    /// For a rootless store read from outside its user namespace: host → image IDs.
-    id_maps: Option<&'static (crate::userns::IdMap, crate::userns::IdMap)>,
+    rules: MetaRules,
     _locks: Vec<crate::lock::SharedLock>,
 }
 
-fn os(b: &[u8]) -> &OsStr {
+pub(crate) fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
 
-fn errno(e: i32) -> io::Error {
+pub(crate) fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
-fn is_whiteout_name(name: &[u8]) -> bool {
+pub(crate) fn is_whiteout_name(name: &[u8]) -> bool {
     name.starts_with(WHITEOUT_PREFIX)
 }
 
@@ -370,7 +384,7 @@ fn lstat_at(dir: &Dir, name: &[u8]) -> io::Result<Option<Stat>> {
     }
 }
 
-fn is_whiteout_dev(st: &Stat) -> bool {
+pub(crate) fn is_whiteout_dev(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
@@ -451,7 +465,7 @@ fn apply_override(md: &mut Metadata, value: &[u8]) -> std::result::Result<(), St
     Ok(())
 }
 
-fn split_path(path: &[u8]) -> VecDeque<Vec<u8>> {
+pub(crate) fn split_path(path: &[u8]) -> VecDeque<Vec<u8>> {
     path.split(|&c| c == b'/')
         .filter(|c| !c.is_empty())
         .map(|c| c.to_vec())
@@ -472,6 +486,88 @@ fn path_buf(b: Vec<u8>) -> PathBuf {
     PathBuf::from(OsString::from_vec(b))
 }
 
+/// What a name read from one layer directory is ([`for_each_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameClass {
+    /// A file of the layer, of this type.
+    Entry(FileKind),
+    /// A whiteout in overlay form: a character device 0/0 of that name.
+    WhiteoutDevice,
+    /// A whiteout in AUFS form: a `.wh.<name>` file; the name given is `<name>`.
+    WhiteoutFile,
+}
+
+/// Calls `f` with each name of one layer directory, classified: files, and whiteouts in
+/// both forms (an AUFS `.wh.<name>` file is given as `<name>`). `.` and `..` and the
+/// `.wh..wh.*` markers (the opaque marker `.wh..wh..opq` and AUFS's own metadata) are left
+/// out. For `fresh` and `buf`, see [`list_merged`].
+pub(crate) fn for_each_name(
+    ldir: &LDir,
+    fresh: bool,
+    buf: &mut Vec<MaybeUninit<u8>>,
+    mut f: impl FnMut(&[u8], NameClass),
+) -> io::Result<()> {
+    let whiteout_name = |name: &[u8], f: &mut dyn FnMut(&[u8], NameClass)| {
+        if !name.starts_with(b".wh..wh.") && name.len() > WHITEOUT_PREFIX.len() {
+            f(&name[WHITEOUT_PREFIX.len()..], NameClass::WhiteoutFile);
+        }
+    };
+    let dir = match ldir {
+        LDir::Disk(d) => d,
+        LDir::Toc(t, n) => {
+            for (name, &c) in &t.nodes[*n].children {
+                if is_whiteout_name(name) {
+                    whiteout_name(name, &mut f);
+                    continue;
+                }
+                if let Some(kind) = FileKind::from_file_type(t.nodes[c].kind) {
+                    f(name, NameClass::Entry(kind));
+                }
+            }
+            return Ok(());
+        }
+    };
+    if buf.len() < DIRENT_BUF {
+        buf.resize(DIRENT_BUF, MaybeUninit::uninit());
+    }
+    let own;
+    let fd = if fresh {
+        dir.as_fd()
+    } else {
+        own = fsutil::openat2_beneath(&**dir, Path::new("."), OFlags::RDONLY | OFlags::DIRECTORY)?;
+        own.as_fd()
+    };
+    let mut rd = rustix::fs::RawDir::new(fd, &mut buf[..]);
+    while let Some(e) = rd.next() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if is_whiteout_name(name) {
+            whiteout_name(name, &mut f);
+            continue;
+        }
+        let mut ft = e.file_type();
+        let mut whiteout = false;
+        if ft == FileType::Unknown || ft == FileType::CharacterDevice {
+            match lstat_at(dir, name)? {
+                Some(st) => {
+                    ft = FileType::from_raw_mode(st.st_mode);
+                    whiteout = is_whiteout_dev(&st);
+                }
+                None => continue, // removed meanwhile
+            }
+        }
+        if whiteout {
+            f(name, NameClass::WhiteoutDevice);
+        } else if let Some(kind) = FileKind::from_file_type(ft) {
+            f(name, NameClass::Entry(kind));
+        }
+    }
+    Ok(())
+}
+
 /// Lists the names of a merged directory, sorted by bytes, with whiteouts and opaque
 /// directories applied.
 ///
@@ -483,9 +579,6 @@ fn list_merged(
     fresh: bool,
     buf: &mut Vec<MaybeUninit<u8>>,
 ) -> io::Result<Vec<Child>> {
-    if buf.len() < DIRENT_BUF {
-        buf.resize(DIRENT_BUF, MaybeUninit::uninit());
-    }
     // name → (child, closed); a `None` child is a deleted name.
     let mut map: BTreeMap<Vec<u8>, (Option<Child>, bool)> = BTreeMap::new();
     let mut whiteouts: Vec<Vec<u8>> = Vec::new();
@@ -524,72 +617,13 @@ fn list_merged(
     };
     for (pos, (_, ldir)) in merged.iter().enumerate() {
         whiteouts.clear();
-        let dir = match ldir {
-            LDir::Disk(d) => d,
-            LDir::Toc(t, n) => {
-                for (name, &c) in &t.nodes[*n].children {
-                    if is_whiteout_name(name) {
-                        if !name.starts_with(b".wh..wh.") && name.len() > WHITEOUT_PREFIX.len() {
-                            whiteouts.push(name[WHITEOUT_PREFIX.len()..].to_vec());
-                        }
-                        continue;
-                    }
-                    let Some(kind) = FileKind::from_file_type(t.nodes[c].kind) else {
-                        continue;
-                    };
-                    add(&mut map, name, kind, false, pos);
-                }
-                for w in &whiteouts {
-                    match map.get_mut(w.as_slice()) {
-                        None => {
-                            map.insert(w.clone(), (None, true));
-                        }
-                        Some((_, closed)) => *closed = true,
-                    }
-                }
-                continue;
-            }
-        };
-        let own;
-        let fd = if fresh {
-            dir.as_fd()
-        } else {
-            own = fsutil::openat2_beneath(
-                &**dir,
-                Path::new("."),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-            )?;
-            own.as_fd()
-        };
-        let mut rd = rustix::fs::RawDir::new(fd, &mut buf[..]);
-        while let Some(e) = rd.next() {
-            let e = e?;
-            let name = e.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            if is_whiteout_name(name) {
-                if !name.starts_with(b".wh..wh.") && name.len() > WHITEOUT_PREFIX.len() {
-                    whiteouts.push(name[WHITEOUT_PREFIX.len()..].to_vec());
-                }
-                continue;
-            }
-            let mut ft = e.file_type();
-            let mut whiteout = false;
-            if ft == FileType::Unknown || ft == FileType::CharacterDevice {
-                match lstat_at(dir, name)? {
-                    Some(st) => {
-                        ft = FileType::from_raw_mode(st.st_mode);
-                        whiteout = is_whiteout_dev(&st);
-                    }
-                    None => continue, // removed meanwhile
-                }
-            }
-            let Some(kind) = FileKind::from_file_type(ft) else {
-                continue;
-            };
-            add(&mut map, name, kind, whiteout, pos);
-        }
+        for_each_name(ldir, fresh, buf, |name, class| match class {
+            NameClass::Entry(kind) => add(&mut map, name, kind, false, pos),
+            NameClass::WhiteoutDevice => add(&mut map, name, FileKind::CharDevice, true, pos),
+            NameClass::WhiteoutFile => whiteouts.push(name.to_vec()),
+        })?;
+        // AUFS whiteouts apply after the whole directory is read: a name both present and
+        // whited out in one layer is this layer's, hiding the layers below.
         for w in &whiteouts {
             match map.get_mut(w.as_slice()) {
                 None => {
@@ -665,6 +699,127 @@ fn open_child_dirs(parent: &Merged, child: &Child) -> io::Result<Merged> {
     Ok(out)
 }
 
+/// How the metadata of a layer's files is read in a store: owners mapped back for a
+/// rootless store read from outside its user namespace, `force_mask` overrides.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaRules {
+    pub(crate) force_mask: bool,
+    /// For a rootless store read from outside its user namespace: host → image IDs.
+    id_maps: Option<&'static (crate::userns::IdMap, crate::userns::IdMap)>,
+}
+
+impl MetaRules {
+    pub(crate) fn of(storage: &crate::Storage) -> MetaRules {
+        MetaRules {
+            force_mask: storage.overlay_options().force_mask.is_some(),
+            id_maps: if storage.config().rootless {
+                crate::userns::rootless_id_maps()
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Metadata of the non-directory `name` in the layer directory `dir`.
+    pub(crate) fn entry_metadata(
+        &self,
+        layer: usize,
+        ldir: &LDir,
+        name: &[u8],
+        st: &Stat,
+    ) -> io::Result<Metadata> {
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let target = if ft == FileType::Symlink {
+            Some(ldir.read_link(name)?)
+        } else {
+            None
+        };
+        let Some(dir) = ldir.disk() else {
+            return self.metadata_from(layer, st, target, false, None::<&File>);
+        };
+        if self.force_mask && ft == FileType::RegularFile {
+            // Only regular files (and directories) can carry user.* xattrs.
+            match fsutil::openat2_beneath(
+                dir,
+                Path::new(os(name)),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            ) {
+                Ok(fd) => return self.metadata_from(layer, st, target, true, Some(&fd)),
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.metadata_from(layer, st, target, true, None::<&File>)
+    }
+
+    /// `on_disk`: `st` is the `stat` of a file in a `diff/` directory (whose owners are host
+    /// IDs), not metadata from a table of contents (whose owners are the image's already).
+    pub(crate) fn metadata_from(
+        &self,
+        layer: usize,
+        st: &Stat,
+        target: Option<OsString>,
+        on_disk: bool,
+        fd: Option<impl AsFd>,
+    ) -> io::Result<Metadata> {
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let kind = FileKind::from_file_type(ft)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "file of an unknown type"))?;
+        let dev = matches!(kind, FileKind::CharDevice | FileKind::BlockDevice);
+        let mut md = Metadata {
+            kind,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: if dev { 0 } else { st.st_size as u64 },
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            nlink: st.st_nlink,
+            ino: st.st_ino,
+            dev: st.st_dev,
+            rdev_major: if dev {
+                rustix::fs::major(st.st_rdev)
+            } else {
+                0
+            },
+            rdev_minor: if dev {
+                rustix::fs::minor(st.st_rdev)
+            } else {
+                0
+            },
+            symlink_target: target.map(PathBuf::from),
+            layer,
+        };
+        if let Some((uids, gids)) = self.id_maps.filter(|_| on_disk) {
+            md.uid = uids.to_inside(md.uid);
+            md.gid = gids.to_inside(md.gid);
+        }
+        if self.force_mask {
+            if let Some(fd) = fd {
+                if let Some(v) = read_override(fd)? {
+                    apply_override(&mut md, &v)
+                        .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+                }
+            }
+        }
+        Ok(md)
+    }
+}
+
+/// The root directory of one layer: its `diff/` on disk, or for a layer stored flat
+/// (composefs) the tree of its table of contents; with the `diff/` path for messages.
+pub(crate) fn layer_root(l: &crate::Layer) -> Result<(LDir, PathBuf)> {
+    if l.is_flat()? {
+        // composefs: names and metadata from the table of contents.
+        let t = Arc::new(TocTree::load(l)?);
+        let path = l.diff_dir_with_path()?.1;
+        Ok((LDir::Toc(t, 0), path))
+    } else {
+        let (d, path) = l.diff_dir_with_path()?;
+        Ok((LDir::Disk(Arc::new(d)), path))
+    }
+}
+
 impl RootFs {
     /// Opens the merged root filesystem of `image` (its layers' `diff` directories).
     pub fn new(image: &Image) -> Result<RootFs> {
@@ -686,15 +841,7 @@ impl RootFs {
             layer_ids.push(l.id().to_string());
         }
         for (i, l) in layers.iter().enumerate().rev() {
-            let (dir, path) = if l.is_flat()? {
-                // composefs: names and metadata from the table of contents.
-                let t = Arc::new(TocTree::load(l)?);
-                let path = l.diff_dir_with_path()?.1;
-                (LDir::Toc(t, 0), path)
-            } else {
-                let (d, path) = l.diff_dir_with_path()?;
-                (LDir::Disk(Arc::new(d)), path)
-            };
+            let (dir, path) = layer_root(l)?;
             let more = i > 0;
             let opaque = more && dir.is_opaque().map_err(|e| StorageError::io(&path, e))?;
             root.push((i, dir));
@@ -706,12 +853,7 @@ impl RootFs {
             image: image.id().to_string(),
             layer_ids,
             root,
-            force_mask: image.storage().overlay_options().force_mask.is_some(),
-            id_maps: if image.storage().config().rootless {
-                crate::userns::rootless_id_maps()
-            } else {
-                None
-            },
+            rules: MetaRules::of(image.storage()),
             _locks: locks,
         })
     }
@@ -826,7 +968,6 @@ impl RootFs {
         }
     }
 
-    /// Metadata of the non-directory `name` in the layer directory `dir`.
     fn entry_metadata(
         &self,
         layer: usize,
@@ -834,32 +975,9 @@ impl RootFs {
         name: &[u8],
         st: &Stat,
     ) -> io::Result<Metadata> {
-        let ft = FileType::from_raw_mode(st.st_mode);
-        let target = if ft == FileType::Symlink {
-            Some(ldir.read_link(name)?)
-        } else {
-            None
-        };
-        let Some(dir) = ldir.disk() else {
-            return self.metadata_from(layer, st, target, false, None::<&File>);
-        };
-        if self.force_mask && ft == FileType::RegularFile {
-            // Only regular files (and directories) can carry user.* xattrs.
-            match fsutil::openat2_beneath(
-                dir,
-                Path::new(os(name)),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-            ) {
-                Ok(fd) => return self.metadata_from(layer, st, target, true, Some(&fd)),
-                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.metadata_from(layer, st, target, true, None::<&File>)
+        self.rules.entry_metadata(layer, ldir, name, st)
     }
 
-    /// `on_disk`: `st` is the `stat` of a file in a `diff/` directory (whose owners are host
-    /// IDs), not metadata from a table of contents (whose owners are the image's already).
     fn metadata_from(
         &self,
         layer: usize,
@@ -868,47 +986,7 @@ impl RootFs {
         on_disk: bool,
         fd: Option<impl AsFd>,
     ) -> io::Result<Metadata> {
-        let ft = FileType::from_raw_mode(st.st_mode);
-        let kind = FileKind::from_file_type(ft)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "file of an unknown type"))?;
-        let dev = matches!(kind, FileKind::CharDevice | FileKind::BlockDevice);
-        let mut md = Metadata {
-            kind,
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            size: if dev { 0 } else { st.st_size as u64 },
-            mtime: st.st_mtime,
-            mtime_nsec: st.st_mtime_nsec as u32,
-            nlink: st.st_nlink,
-            ino: st.st_ino,
-            dev: st.st_dev,
-            rdev_major: if dev {
-                rustix::fs::major(st.st_rdev)
-            } else {
-                0
-            },
-            rdev_minor: if dev {
-                rustix::fs::minor(st.st_rdev)
-            } else {
-                0
-            },
-            symlink_target: target.map(PathBuf::from),
-            layer,
-        };
-        if let Some((uids, gids)) = self.id_maps.filter(|_| on_disk) {
-            md.uid = uids.to_inside(md.uid);
-            md.gid = gids.to_inside(md.gid);
-        }
-        if self.force_mask {
-            if let Some(fd) = fd {
-                if let Some(v) = read_override(fd)? {
-                    apply_override(&mut md, &v)
-                        .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
-                }
-            }
-        }
-        Ok(md)
+        self.rules.metadata_from(layer, st, target, on_disk, fd)
     }
 
     /// Metadata of `path`, not following a symlink in the last component (`lstat`).
@@ -968,7 +1046,7 @@ impl RootFs {
         for c in children {
             let (layer, dir) = &merged[c.top];
             let mut kind = c.kind;
-            if self.force_mask && kind == FileKind::Regular {
+            if self.rules.force_mask && kind == FileKind::Regular {
                 let Some(st) = dir.lstat(&c.name).map_err(|e| self.err(p, e))? else {
                     continue;
                 };
@@ -1010,6 +1088,7 @@ impl RootFs {
             Err(e) => Walk {
                 tree: Tree::empty(self),
                 first: Some(Err(e)),
+                first_source: None,
             },
         }
     }
@@ -1020,6 +1099,18 @@ impl RootFs {
         let p = path.as_ref().as_os_str().as_bytes();
         let r = self.resolve(p, true).map_err(|e| self.err(p, e))?;
         let md = self.metadata_of(&r).map_err(|e| self.err(p, e))?;
+        let first_source = match &r {
+            Resolved::Dir { merged, .. } => merged.first().map(|(_, d)| Source {
+                dir: d.clone(),
+                name: None,
+            }),
+            Resolved::Other {
+                parent, top, name, ..
+            } => Some(Source {
+                dir: parent[*top].1.clone(),
+                name: Some(name.clone()),
+            }),
+        };
         let (tree, path) = Tree::start(self, r, p)?;
         Ok(Walk {
             tree,
@@ -1027,6 +1118,7 @@ impl RootFs {
                 path: path_buf(path),
                 metadata: md,
             })),
+            first_source,
         })
     }
 
@@ -1188,6 +1280,7 @@ impl<'a> Tree<'a> {
 pub struct Walk<'a> {
     tree: Tree<'a>,
     first: Option<Result<WalkEntry>>,
+    first_source: Option<Source>,
 }
 
 impl std::fmt::Debug for Walk<'_> {
@@ -1203,8 +1296,47 @@ impl Iterator for Walk<'_> {
     type Item = Result<WalkEntry>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_with_source().map(|r| r.map(|(entry, _)| entry))
+    }
+}
+
+/// Where a file found by a walk lives: its layer directory and its name there (or, for a
+/// directory, its top-most layer directory itself). Crate-internal, for unpacking.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    dir: LDir,
+    name: Option<Vec<u8>>,
+}
+
+impl Source {
+    /// True if the file is in a layer stored on disk (not a flat layer's table of contents).
+    pub(crate) fn on_disk(&self) -> bool {
+        self.dir.disk().is_some()
+    }
+
+    /// Opens the regular file for reading (never through a symlink).
+    pub(crate) fn open_file(&self) -> io::Result<File> {
+        match &self.name {
+            Some(n) => self.dir.open_file(n),
+            None => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    /// For a directory of a layer stored on disk: its open handle.
+    pub(crate) fn dir_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match (&self.name, self.dir.disk()) {
+            (None, Some(d)) => Some(d.as_fd()),
+            _ => None,
+        }
+    }
+}
+
+impl Walk<'_> {
+    /// The next entry with where it lives in its layer.
+    pub(crate) fn next_with_source(&mut self) -> Option<Result<(WalkEntry, Option<Source>)>> {
         if let Some(first) = self.first.take() {
-            return Some(first);
+            let src = self.first_source.take();
+            return Some(first.map(|e| (e, src)));
         }
         let step = match self.tree.step(true)? {
             Ok(s) => s,
@@ -1218,11 +1350,21 @@ impl Iterator for Walk<'_> {
             Some(d) => fs.metadata_from(step.layer, st, None, d.disk().is_some(), d.disk()),
             None => fs.entry_metadata(step.layer, &step.dir, &step.name, st),
         };
+        let source = match step.top_dir {
+            Some(d) => Source { dir: d, name: None },
+            None => Source {
+                dir: step.dir,
+                name: Some(step.name),
+            },
+        };
         Some(match md {
-            Ok(metadata) => Ok(WalkEntry {
-                path: path_buf(step.path),
-                metadata,
-            }),
+            Ok(metadata) => Ok((
+                WalkEntry {
+                    path: path_buf(step.path),
+                    metadata,
+                },
+                Some(source),
+            )),
             Err(e) => Err(fs.err(&step.path, e)),
         })
     }
@@ -1269,7 +1411,7 @@ impl Iterator for WalkNames<'_> {
         };
         let fs = self.tree.fs;
         let mut kind = step.kind;
-        if fs.force_mask && kind == FileKind::Regular {
+        if fs.rules.force_mask && kind == FileKind::Regular {
             // The stored type may stand in for another one (override_stat).
             let md = step
                 .dir
@@ -1468,6 +1610,48 @@ impl Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_of_one_layer_directory() {
+        let td = tempfile::tempdir().unwrap();
+        for f in [
+            "file",
+            ".wh.gone",
+            ".wh..wh..opq",
+            ".wh..wh.plnk",
+            ".wh.",
+            "both",
+            ".wh.both",
+        ] {
+            std::fs::write(td.path().join(f), b"").unwrap();
+        }
+        std::fs::create_dir(td.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink("file", td.path().join("link")).unwrap();
+        let dir = Dir::open_ambient_dir(td.path(), cap_std::ambient_authority()).unwrap();
+        // Opened for reading, as layer directories are (cap-std's own handle is O_PATH).
+        let ldir = LDir::Disk(Arc::new(fsutil::open_dir(&dir, Path::new(".")).unwrap()));
+        let mut got = Vec::new();
+        for fresh in [false, true] {
+            got.clear();
+            for_each_name(&ldir, fresh, &mut Vec::new(), |n, c| {
+                got.push((String::from_utf8(n.to_vec()).unwrap(), c))
+            })
+            .unwrap();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(
+                got,
+                [
+                    ("both".to_string(), NameClass::Entry(FileKind::Regular)),
+                    ("both".to_string(), NameClass::WhiteoutFile),
+                    ("dir".to_string(), NameClass::Entry(FileKind::Directory)),
+                    ("file".to_string(), NameClass::Entry(FileKind::Regular)),
+                    ("gone".to_string(), NameClass::WhiteoutFile),
+                    ("link".to_string(), NameClass::Entry(FileKind::Symlink)),
+                ]
+            );
+        }
+        assert!(ldir.is_opaque().unwrap());
+    }
 
     fn md() -> Metadata {
         Metadata {

@@ -18,6 +18,7 @@ use cap_std::fs::Dir;
 use oci_spec::image::Digest;
 use serde::de::DeserializeOwned;
 
+use crate::chains::Chains;
 use crate::config::{OverlayOptions, StorageConfig};
 use crate::error::{Result, StorageError};
 use crate::fsutil;
@@ -272,13 +273,40 @@ pub(crate) struct Inner {
 }
 
 /// The records of every store, as of one moment when all shared locks were held.
+/// An image record and the index of the store holding it.
+pub(crate) type StoreImage<'a> = (usize, &'a Arc<ImageMetadata>);
+
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) layers: Vec<Arc<LayerIndex>>,
     pub(crate) images: Vec<Arc<ImageIndex>>,
+    /// The layer forest, computed on first use.
+    chains: std::sync::OnceLock<Chains>,
 }
 
 impl Snapshot {
+    /// The layer forest of this snapshot (depths, chain sizes, children), built once.
+    pub(crate) fn chains(&self) -> &Chains {
+        self.chains.get_or_init(|| Chains::new(self))
+    }
+
+    /// Every image (as [`Snapshot::all_images`]) with its top layers (top layer, then mapped
+    /// top layers).
+    pub(crate) fn image_tops(&self) -> (Vec<StoreImage<'_>>, Vec<Vec<&str>>) {
+        let images = self.all_images();
+        let tops = images
+            .iter()
+            .map(|(_, m)| {
+                m.layer
+                    .iter()
+                    .chain(m.mapped_layers.iter())
+                    .map(String::as_str)
+                    .collect()
+            })
+            .collect();
+        (images, tops)
+    }
+
     /// Finds a layer by exact ID: primary store first.
     pub(crate) fn layer(&self, id: &str) -> Option<(usize, &Arc<LayerMetadata>)> {
         self.layers
@@ -338,7 +366,25 @@ pub struct StoreCounts {
     pub containers: usize,
 }
 
-/// An open containers-storage store (overlay driver), read-only.
+/// An open containers-storage store (overlay driver), read-only. Cloning it is cheap (the
+/// directory handles and cached records are shared), and it can be used from several
+/// threads.
+///
+/// ```no_run
+/// use composefs_storage::{Storage, StorageConfig};
+/// # fn main() -> composefs_storage::Result<()> {
+/// let storage = Storage::discover()?;                         // as podman finds it
+/// let mut config = StorageConfig::for_graphroot("/srv/store"); // or set up explicitly
+/// config.set_driver_options(vec!["overlay.mount_program=/usr/bin/fuse-overlayfs".into()]);
+/// let other = Storage::open_with_config(&config)?;
+/// for image in storage.list_images()? {
+///     println!("{} {:?}", image.id(), image.names());
+/// }
+/// let layer = other.find_layer("sha256:4abcf2066143")?;      // ID, prefix, name or digest
+/// println!("{:?}", layer.diff_size());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub(crate) inner: Arc<Inner>,
@@ -424,8 +470,50 @@ impl Storage {
     /// Opens the store described by `config`.
     pub fn open_with_config(config: &StorageConfig) -> Result<Storage> {
         config.check_driver()?;
+        let graph = open_root(&config.graphroot, "graph root")?;
+        Self::open_graph(config, graph)
+    }
+
+    /// Opens the store whose graph root is the directory handle `root`, for a caller that
+    /// holds a capability for it (a cap-std [`Dir`]) rather than a path. Nothing in the
+    /// store is reached except through `root`: no path is resolved, and the store's files
+    /// are opened beneath it as with [`Storage::open`]. The path used in messages is the
+    /// one the kernel reports for the handle (`/proc/self/fd`), or `<graph root>`.
+    ///
+    /// ```no_run
+    /// use cap_std::fs::Dir;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let root = Dir::open_ambient_dir("/var/lib/containers/storage",
+    ///                                  cap_std::ambient_authority())?;
+    /// let storage = composefs_storage::Storage::from_dir(root)?;
+    /// println!("{} images", storage.list_images()?.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_dir(root: Dir) -> Result<Storage> {
+        let path = fd_path(&root);
+        Self::from_dir_with_config(root, &StorageConfig::for_graphroot(&path))
+    }
+
+    /// Like [`Storage::from_dir`], with the other settings of `config` (run root, driver
+    /// options such as `overlay.imagestore` or `overlay.mount_program`, additional image
+    /// stores, transient store). `config.graphroot` is used only in messages: the graph
+    /// root is `root`. Directories `config` names besides the graph root (run root,
+    /// imagestore, additional image stores) are opened by path, as
+    /// [`Storage::open_with_config`] does.
+    pub fn from_dir_with_config(root: Dir, config: &StorageConfig) -> Result<Storage> {
+        config.check_driver()?;
+        crate::userns::register_root(std::os::fd::AsFd::as_fd(&root));
+        let graph = NamedDir {
+            dir: root,
+            path: config.graphroot.clone(),
+        };
+        Self::open_graph(config, graph)
+    }
+
+    fn open_graph(config: &StorageConfig, graph: NamedDir) -> Result<Storage> {
         let overlay = config.overlay_options()?;
-        let graph = Arc::new(open_root(&config.graphroot, "graph root")?);
+        let graph = Arc::new(graph);
         let imagestore = match &config.imagestore {
             Some(p) => match open_root(p, "imagestore") {
                 Ok(d) => Some(Arc::new(d)),
@@ -670,7 +758,11 @@ impl Storage {
             images.push(is.refresh()?);
         }
         drop(guards);
-        Ok(Arc::new(Snapshot { layers, images }))
+        Ok(Arc::new(Snapshot {
+            layers,
+            images,
+            chains: Default::default(),
+        }))
     }
 
     pub(crate) fn make_image(
@@ -938,6 +1030,79 @@ impl Storage {
         Err(StorageError::LayerNotFound(query.into()))
     }
 
+    /// Finds the layer of each DiffID (uncompressed layer digest, as in an image config's
+    /// `rootfs.diff_ids`) in one pass over the layer records: the answer has one entry per
+    /// digest asked, in the same order, `None` where no layer has that DiffID. A layer's
+    /// DiffID is its `diff-digest`, or for a layer known only by its table of contents the
+    /// DiffID c/image expects of it (as [`Layer::diff_id`]). Where several layers share a
+    /// DiffID (the same tar applied on different parents), the first is given, in the order
+    /// of [`Storage::list_layers`] (primary store first), as [`Storage::find_layer`] does; to
+    /// resolve an image's layers along its chain, use [`Image::layers`].
+    ///
+    /// ```no_run
+    /// use composefs_storage::Digest;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let storage = composefs_storage::Storage::open("/var/lib/containers/storage")?;
+    /// let config = storage.find_image("alpine")?.config()?;
+    /// let diff_ids = config.rootfs().diff_ids().iter()
+    ///     .map(|d| d.parse::<Digest>())
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let layers = storage.resolve_diff_ids(&diff_ids)?;
+    /// for (diff_id, layer) in diff_ids.iter().zip(&layers) {
+    ///     println!("{diff_id} {:?}", layer.as_ref().map(|l| l.id()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn resolve_diff_ids(&self, diff_ids: &[Digest]) -> Result<Vec<Option<Layer>>> {
+        let snap = self.snapshot()?;
+        let wanted: HashMap<&Digest, Vec<usize>> =
+            diff_ids
+                .iter()
+                .enumerate()
+                .fold(HashMap::new(), |mut m, (i, d)| {
+                    m.entry(d).or_default().push(i);
+                    m
+                });
+        let mut out: Vec<Option<Layer>> = vec![None; diff_ids.len()];
+        let mut left = wanted.len();
+        for (si, m) in snap.all_layers() {
+            if left == 0 {
+                break;
+            }
+            let Some(d) = m.diff_id() else { continue };
+            let Some(positions) = wanted.get(&d) else {
+                continue;
+            };
+            if out[positions[0]].is_some() {
+                continue;
+            }
+            let layer = self.make_layer(&snap, si, m);
+            for &p in positions {
+                out[p] = Some(layer.clone());
+            }
+            left -= 1;
+        }
+        Ok(out)
+    }
+
+    /// For each layer ID, how many images have it in their layer chain: linear in the
+    /// number of layers and images, whatever the depth of the chains.
+    pub fn layer_user_counts(&self) -> Result<HashMap<String, usize>> {
+        let snap = self.snapshot()?;
+        let (_, tops) = snap.image_tops();
+        let chains = snap.chains();
+        let counts = chains.user_counts(&tops);
+        Ok(chains.ids().iter().cloned().zip(counts).collect())
+    }
+
+    /// Which images use each layer, held compactly (4 bytes per layer-image pair), for
+    /// callers that list them all (`layers --format json`).
+    pub fn layer_users_index(&self) -> Result<LayerUsers> {
+        let snap = self.snapshot()?;
+        Ok(LayerUsers::new(&snap))
+    }
+
     /// For each layer ID, the IDs of the images whose layer chain contains it.
     pub fn layer_users(&self) -> Result<BTreeMap<String, Vec<String>>> {
         let snap = self.snapshot()?;
@@ -948,22 +1113,69 @@ impl Storage {
 /// For each layer ID, the IDs of the images whose layer chain (top layer and mapped layers,
 /// then parents) contains it.
 pub(crate) fn layer_users(snap: &Snapshot) -> BTreeMap<String, Vec<String>> {
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, img) in snap.all_images() {
-        let mut seen = HashSet::new();
-        let tops = img.layer.iter().chain(img.mapped_layers.iter());
-        for top in tops {
-            let mut cur = Some(top.clone());
-            while let Some(id) = cur {
-                if !seen.insert(id.clone()) {
-                    break;
-                }
-                users.entry(id.clone()).or_default().push(img.id.clone());
-                cur = snap.layer(&id).and_then(|(_, l)| l.parent.clone());
-            }
+    let users = LayerUsers::new(snap);
+    users
+        .layers
+        .iter()
+        .map(|(id, &i)| {
+            let ids = users.lists[i]
+                .iter()
+                .map(|&j| users.images[j as usize].clone());
+            (id.clone(), ids.collect())
+        })
+        .collect()
+}
+
+/// Which images use each layer (their chain contains it), computed in one pass over the
+/// records and held compactly: see [`Storage::layer_users_index`].
+#[derive(Debug, Clone)]
+pub struct LayerUsers {
+    images: Vec<String>,
+    layers: HashMap<String, usize>,
+    lists: Vec<Vec<u32>>,
+}
+
+impl LayerUsers {
+    fn new(snap: &Snapshot) -> LayerUsers {
+        let (images, tops) = snap.image_tops();
+        let chains = snap.chains();
+        let lists = chains.users(&tops);
+        LayerUsers {
+            images: images.iter().map(|(_, m)| m.id.clone()).collect(),
+            layers: chains
+                .ids()
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect(),
+            lists,
         }
     }
-    users
+
+    /// The IDs of the images using layer `id`, in the order images are listed.
+    pub fn image_ids(&self, id: &str) -> impl Iterator<Item = &str> {
+        self.layers
+            .get(id)
+            .map(|&i| self.lists[i].as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|&j| self.images[j as usize].as_str())
+    }
+
+    /// How many images use layer `id`.
+    pub fn count(&self, id: &str) -> usize {
+        self.layers
+            .get(id)
+            .map(|&i| self.lists[i].len())
+            .unwrap_or(0)
+    }
+}
+
+/// The path the kernel reports for an open directory, for messages only.
+fn fd_path(dir: &Dir) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .unwrap_or_else(|_| PathBuf::from("<graph root>"))
 }
 
 /// The repository (`domain/path`) of a stored name, if it parses.

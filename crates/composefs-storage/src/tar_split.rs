@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use cap_std::fs::Dir;
@@ -334,13 +335,19 @@ pub(crate) struct FileGetter {
     layer: Layer,
     diff: Dir,
     diff_path: PathBuf,
-    lowers: Option<Vec<(Dir, PathBuf)>>,
+    /// The layer's own ID, shared with the items handed out.
+    own_id: Arc<str>,
+    /// The overlay lowers (top-most first) with their layer IDs, loaded when first needed.
+    lowers: Option<Vec<(Dir, PathBuf, Arc<str>)>>,
     /// The parent directory of the last file opened in `diff` (tar members come grouped by
     /// directory, so this saves most path walks).
     parent: Option<(PathBuf, Dir)>,
     /// For layers stored in the flat (composefs) format: member path → content digest hex,
     /// from the zstd:chunked table of contents; `diff/` then holds `xx/yyyy...` objects.
     flat: Option<std::collections::HashMap<PathBuf, String>>,
+    /// The lower (index into `lowers`) the last file opened came from (`None`: the
+    /// layer's own `diff/`).
+    from_lower: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -414,9 +421,11 @@ impl FileGetter {
             layer: layer.clone(),
             diff,
             diff_path,
+            own_id: Arc::from(layer.id()),
             lowers: None,
             parent: None,
             flat: flat_map(layer)?,
+            from_lower: None,
         })
     }
 
@@ -447,8 +456,67 @@ impl FileGetter {
         fsutil::open_regular(dir, Path::new(file_name), Follow::No)
     }
 
+    /// The error for member `name` whose file last opened is `on_disk` bytes where the tar
+    /// records `size`, saying which layer's file it was.
+    pub(crate) fn size_mismatch(&self, name: &[u8], on_disk: u64, size: u64) -> StorageError {
+        let whose = match self.lower_dir_used() {
+            None => String::new(),
+            Some(dir) => format!(
+                " ({}: missing from this layer's diff, found in a lower layer's)",
+                dir.join(content_path(name).unwrap_or_default()).display()
+            ),
+        };
+        self.integrity(
+            name,
+            format!("file is {on_disk} bytes on disk{whose}, but the tar records {size} bytes"),
+        )
+    }
+
+    fn lower_dir_used(&self) -> Option<&Path> {
+        let i = self.from_lower?;
+        self.lowers.as_ref()?.get(i).map(|l| l.1.as_path())
+    }
+
+    /// The ID of the layer whose directory held the file last opened.
+    pub(crate) fn last_layer(&self) -> &Arc<str> {
+        match (self.from_lower, &self.lowers) {
+            (Some(i), Some(l)) if i < l.len() => &l[i].2,
+            _ => &self.own_id,
+        }
+    }
+
+    fn load_lowers(&mut self) -> Result<()> {
+        if self.lowers.is_none() {
+            self.lowers = Some(
+                self.layer
+                    .lower_layers()?
+                    .into_iter()
+                    .map(|l| (l.dir, l.path, Arc::from(l.id)))
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The layers this getter reads from: the layer itself, then its overlay lowers
+    /// top-most first (none for a flat layer, whose contents are all its own).
+    pub(crate) fn chain(&mut self) -> Result<Vec<String>> {
+        let mut out = vec![self.own_id.to_string()];
+        if self.flat.is_none() {
+            self.load_lowers()?;
+            out.extend(
+                self.lowers
+                    .iter()
+                    .flatten()
+                    .map(|(_, _, id)| id.to_string()),
+            );
+        }
+        Ok(out)
+    }
+
     /// Opens the content of tar member `name`; returns the file and its size on disk.
     pub(crate) fn open(&mut self, name: &[u8]) -> Result<(File, u64)> {
+        self.from_lower = None;
         let rel = content_path(name).map_err(|m| self.integrity(name, m))?;
         if let Some(map) = &self.flat {
             let hex = map.get(&rel).ok_or_else(|| {
@@ -496,12 +564,19 @@ impl FileGetter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(describe(e, &self.diff_path, &rel)),
         }
-        if self.lowers.is_none() {
-            self.lowers = Some(self.layer.lower_diff_dirs_with_paths()?);
-        }
-        for (dir, path) in self.lowers.as_deref().unwrap_or_default() {
+        self.load_lowers()?;
+        for (i, (dir, path, _)) in self
+            .lowers
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             match fsutil::open_regular(dir, &rel, Follow::No) {
-                Ok(f) => return Ok(f),
+                Ok(f) => {
+                    self.from_lower = Some(i);
+                    return Ok(f);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(describe(e, path, &rel)),
             }
@@ -534,8 +609,9 @@ pub enum TarSplitItem {
     Segment(Vec<u8>),
     /// The content of a regular file with `size > 0`: an fd opened read-only beneath the
     /// layer's diff directory (or a lower's), its size as recorded in the tar, its name as
-    /// in the tar, and the CRC-64/GO-ISO tar-split recorded for it (if any). Its on-disk size
-    /// has been checked to equal `size`; the CRC is not checked here.
+    /// in the tar, the CRC-64/GO-ISO tar-split recorded for it (if any), and the layer whose
+    /// directory supplied it. Its on-disk size has been checked to equal `size`; the CRC is
+    /// not checked here.
     FileContent {
         /// The open file.
         fd: OwnedFd,
@@ -545,6 +621,11 @@ pub enum TarSplitItem {
         name: PathBuf,
         /// The recorded CRC-64 (`None` if tar-split recorded none).
         crc: Option<u64>,
+        /// The ID of the layer whose `diff/` the content was read from: the stream's own
+        /// layer, or, for a file missing from its `diff/` (c/storage's overlay driver looks
+        /// there next, as the kernel's overlay would), one of its overlay lowers (see
+        /// [`TarSplitFdStream::layer_chain`]).
+        layer: Arc<str>,
     },
 }
 
@@ -555,6 +636,28 @@ pub enum TarSplitItem {
 ///
 /// The layer store's shared lock is held until the stream is dropped, so cooperating
 /// c/storage writers cannot delete the layer meanwhile.
+///
+/// ```no_run
+/// use std::io::Write;
+/// use composefs_storage::{TarSplitFdStream, TarSplitItem};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let storage = composefs_storage::Storage::discover()?;
+/// let layer = storage.find_image("alpine")?.layers()?.remove(0);
+/// let mut stream = TarSplitFdStream::new(&layer)?;
+/// println!("reading from layers {:?}", stream.layer_chain()?);
+/// let mut tar = std::fs::File::create("layer.tar")?;
+/// for item in stream {
+///     match item? {
+///         TarSplitItem::Segment(bytes) => tar.write_all(&bytes)?,
+///         TarSplitItem::FileContent { fd, size, name, layer, .. } => {
+///             eprintln!("{} ({size} bytes) from layer {layer}", name.display());
+///             std::io::copy(&mut std::fs::File::from(fd), &mut tar)?;
+///         }
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct TarSplitFdStream {
     reader: TarSplitReader<BufReader<flate2::read::MultiGzDecoder<BufReader<File>>>>,
     getter: FileGetter,
@@ -577,6 +680,14 @@ impl TarSplitFdStream {
         })
     }
 
+    /// The layers this stream reads file contents from: the stream's own layer first, then
+    /// its overlay lowers top-most first (the layers named by `overlay/<id>/lower`), as the
+    /// `layer` of [`TarSplitItem::FileContent`] can name them. A layer stored flat
+    /// (composefs) reads only its own.
+    pub fn layer_chain(&mut self) -> Result<Vec<String>> {
+        self.getter.chain()
+    }
+
     fn next_item(&mut self) -> Result<Option<TarSplitItem>> {
         loop {
             let raw = self.reader.next_raw()?;
@@ -588,10 +699,7 @@ impl TarSplitFdStream {
                     let name = name.to_vec();
                     let (file, on_disk) = self.getter.open(&name)?;
                     if on_disk != size {
-                        return Err(self.getter.integrity(
-                            &name,
-                            format!("file is {on_disk} bytes on disk, the tar records {size}"),
-                        ));
+                        return Err(self.getter.size_mismatch(&name, on_disk, size));
                     }
                     return Ok(Some(TarSplitItem::FileContent {
                         fd: file.into(),
@@ -600,6 +708,7 @@ impl TarSplitFdStream {
                             &name,
                         ))),
                         crc,
+                        layer: Arc::clone(self.getter.last_layer()),
                     }));
                 }
             }

@@ -134,6 +134,22 @@ fn export_is_the_original_tar_and_matches_go() {
     });
 }
 
+/// CRC-64 with the ISO polynomial as Go's `hash/crc64` computes it (what tar-split records).
+fn crc64_iso(data: &[u8]) -> u64 {
+    let mut crc = !0u64;
+    for &b in data {
+        crc ^= u64::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xD800_0000_0000_0000
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 #[test]
 fn fd_stream_reassembles_the_layer() {
     each_layer(|_store, _s, l, name, tar| {
@@ -147,12 +163,16 @@ fn fd_stream_reassembles_the_layer() {
                     size,
                     name: n,
                     crc,
+                    layer,
                 } => {
+                    assert_eq!(&*layer, l.id(), "{n:?}");
                     let mut f = std::fs::File::from(fd);
                     let mut content = Vec::new();
                     f.read_to_end(&mut content).unwrap();
                     assert_eq!(content.len() as u64, size, "{n:?}");
-                    assert!(crc.is_some());
+                    // The CRC reported is the one of the content (computed here bit by bit,
+                    // independently of the library's CRC code).
+                    assert_eq!(crc, Some(crc64_iso(&content)), "{n:?}");
                     out.extend_from_slice(&content);
                     files += 1;
                 }
@@ -168,13 +188,31 @@ fn zero_copy_to_files_and_pipes() {
     let fx = fx();
     let s = open(&fx.native);
     let dir = tempfile::tempdir().unwrap();
+    let mut big_files = 0;
     for l in s.list_layers().unwrap() {
         let (name, tar) = &fx.tars[&l.diff_digest().unwrap().to_string()];
+        // Files of 128 KiB or more move without a copy through user space when nothing is
+        // verified, and never otherwise.
+        let big = l
+            .entries()
+            .unwrap()
+            .filter(|e| {
+                let h = e.as_ref().unwrap();
+                h.entry_type == composefs_storage::tar_header::EntryType::Regular
+                    && h.size >= 128 << 10
+            })
+            .count() as u64;
+        big_files += big;
         for verify in [Verify::None, Verify::Crc, Verify::Digest] {
+            let want_zero_copied = if verify == Verify::None { big } else { 0 };
             // A regular file (copy_file_range when not verifying).
             let p = dir.path().join(format!("{name}.tar"));
             let rep = l.export_to_path(&p, &ExportOptions::new(verify)).unwrap();
             assert_eq!(rep.bytes, tar.len() as u64);
+            assert_eq!(
+                rep.zero_copied_files, want_zero_copied,
+                "{name} {verify:?} file"
+            );
             assert!(std::fs::read(&p).unwrap() == *tar, "{name} {verify:?} file");
             // A pipe (splice when not verifying), read by another thread.
             let (r, w) = rustix::pipe::pipe().unwrap();
@@ -183,10 +221,15 @@ fn zero_copy_to_files_and_pipes() {
                 std::fs::File::from(r).read_to_end(&mut v).unwrap();
                 v
             });
-            l.export_to_fd(w.as_fd(), Path::new("pipe"), &ExportOptions::new(verify))
+            let rep = l
+                .export_to_fd(w.as_fd(), Path::new("pipe"), &ExportOptions::new(verify))
                 .unwrap();
             drop(w);
             assert!(reader.join().unwrap() == *tar, "{name} {verify:?} pipe");
+            assert_eq!(
+                rep.zero_copied_files, want_zero_copied,
+                "{name} {verify:?} pipe"
+            );
         }
         // No temporary files are left behind.
         let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -195,10 +238,15 @@ fn zero_copy_to_files_and_pipes() {
             .map(|e| e.file_name())
             .collect();
         assert!(
-            left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+            left.iter()
+                .all(|n| !n.to_string_lossy().contains("cstorage-tmp-")),
             "{left:?}"
         );
     }
+    assert!(
+        big_files > 0,
+        "the fixture has files large enough to be moved zero-copy"
+    );
 }
 
 /// Python's tarfile listing of a tar (an independent parser).

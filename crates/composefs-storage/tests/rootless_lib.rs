@@ -24,15 +24,22 @@ fn main() {
         composefs_storage::userns::init();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("rootless_lib: test");
-        return;
-    }
-    // A name filter from `cargo test NAME` that does not match this test: nothing to run.
-    if let Some(f) = args.iter().find(|a| !a.starts_with('-')) {
-        if !"rootless_lib".contains(f.as_str()) {
+    if std::env::var_os(CHILD).is_none() {
+        let selected = selected_by(&args);
+        if args.iter().any(|a| a == "--list") {
+            if selected {
+                println!("rootless_lib: test");
+            }
             return;
         }
+        if !selected {
+            println!("\nrunning 0 tests\n");
+            println!(
+                "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n"
+            );
+            return;
+        }
+        println!("\nrunning 1 test");
     }
     if std::env::var_os(CHILD).is_some() {
         if std::env::var_os(NO_INIT).is_some() {
@@ -43,7 +50,50 @@ fn main() {
         return;
     }
     as_root();
-    println!("test rootless_lib ... ok");
+    println!("test rootless_lib ... ok\n");
+    println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n");
+}
+
+/// Whether libtest's arguments select the one test of this binary, `rootless_lib`: options
+/// that take a value (`--test-threads N`, `--skip F`, `--format F`, ...) consume it; other
+/// positional arguments are name filters (substrings, or whole names with `--exact`); none
+/// selects everything; `--ignored` selects only ignored tests (this one is not).
+fn selected_by(args: &[String]) -> bool {
+    const NAME: &str = "rootless_lib";
+    const WITH_VALUE: [&str; 6] = [
+        "--test-threads",
+        "--format",
+        "--color",
+        "--logfile",
+        "--shuffle-seed",
+        "-Z",
+    ];
+    let (mut filters, mut skips) = (Vec::new(), Vec::new());
+    let (mut exact, mut ignored_only) = (false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--exact" => exact = true,
+            "--ignored" => ignored_only = true,
+            "--skip" => skips.extend(it.next().cloned()),
+            _ if a.starts_with("--skip=") => skips.push(a["--skip=".len()..].to_string()),
+            _ if WITH_VALUE.contains(&a.as_str()) => {
+                it.next();
+            }
+            _ if a.starts_with('-') => {}
+            _ => filters.push(a.clone()),
+        }
+    }
+    let matches = |f: &String| {
+        if exact {
+            f == NAME
+        } else {
+            NAME.contains(f.as_str())
+        }
+    };
+    !ignored_only
+        && (filters.is_empty() || filters.iter().any(matches))
+        && !skips.iter().any(matches)
 }
 
 /// The program a rootless user runs: prints one line per finding.

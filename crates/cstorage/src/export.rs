@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use composefs_storage::{ExportOptions, Layer, Verify};
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
@@ -28,9 +28,8 @@ pub fn progress_bar(len: Option<u64>, msg: String) -> Option<indicatif::Progress
 }
 
 pub fn layer(l: &Layer, output: Option<&Path>, verify: Verify) -> Result<()> {
-    if output.is_none() && std::io::stdout().is_terminal() {
-        bail!("refusing to write a tar to a terminal: use -o FILE or redirect standard output");
-    }
+    // The output rules (crate `output`): `-` or no -o is standard output, never a terminal.
+    let out = composefs_storage::OutputFile::create(output.unwrap_or(Path::new("-")))?;
     let pb = progress_bar(
         l.diff_size(),
         format!("layer {}", crate::fmt::short_id(l.id())),
@@ -40,14 +39,8 @@ pub fn layer(l: &Layer, output: Option<&Path>, verify: Verify) -> Result<()> {
         let pb = pb.clone();
         opts = opts.with_progress(Arc::new(move |n| pb.set_position(n)));
     }
-    let report = match output {
-        Some(p) => l.export_to_path(p, &opts)?,
-        None => {
-            let stdout = std::io::stdout();
-            let lock = stdout.lock();
-            l.export_to_fd(lock.as_fd(), Path::new("standard output"), &opts)?
-        }
-    };
+    let report = l.export_to_fd(out.as_fd(), out.name(), &opts)?;
+    out.commit()?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -177,11 +170,11 @@ pub fn images(
 /// `cstorage verify`: prints a table (or JSON) of checks; returns how many failed.
 pub fn verify(
     images: &[composefs_storage::Image],
-    jobs: usize,
+    opts: &composefs_storage::verify::VerifyOptions,
     out: &mut impl std::io::Write,
     json: bool,
 ) -> Result<usize> {
-    use composefs_storage::verify::verify_images;
+    use composefs_storage::verify::verify_images_with;
     let pb = progress_bar(None, "verifying layers".into());
     let progress: Option<composefs_storage::verify::VerifyProgress> = pb.as_ref().map(|pb| {
         let pb = pb.clone();
@@ -195,7 +188,7 @@ pub fn verify(
             });
         f
     });
-    let checks = verify_images(images, jobs, progress);
+    let checks = verify_images_with(images, opts, progress);
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -119,6 +119,27 @@ pub fn json(out: &mut impl Write, v: &impl serde::Serialize) -> anyhow::Result<(
     Ok(())
 }
 
+/// A sequence serialized from an iterator, one element at a time (as a JSON array, like a
+/// `Vec` of the same elements), so that the whole list never has to be in memory.
+pub struct Seq<I>(std::cell::RefCell<Option<I>>);
+
+impl<I> Seq<I> {
+    pub fn new(iter: I) -> Self {
+        Seq(std::cell::RefCell::new(Some(iter)))
+    }
+}
+
+impl<I> serde::Serialize for Seq<I>
+where
+    I: Iterator,
+    I::Item: serde::Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let iter = self.0.borrow_mut().take();
+        s.collect_seq(iter.into_iter().flatten())
+    }
+}
+
 /// The first 12 characters of an ID.
 pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)

@@ -3,10 +3,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod df;
 mod export;
 mod fmt;
 mod ls;
+mod podman;
 mod rootfs;
+mod template;
+mod unpack;
 mod views;
 
 use std::io::Write;
@@ -17,18 +21,16 @@ use clap::{Parser, Subcommand};
 use composefs_storage::{Storage, StorageConfig};
 
 use crate::fmt::{human_ago, human_size, short_id, table};
+use crate::template::Format;
 use crate::views::{ContainerSummary, ImageDetail, ImageSummary, Info, LayerDetail, LayerSummary};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Table,
-    Json,
-}
+/// The version and, when built from a git checkout, the commit (set by build.rs).
+const VERSION: &str = env!("CSTORAGE_VERSION");
 
 /// Read containers-storage (podman, buildah, skopeo, CRI-O) image stores without Go, a daemon,
 /// root or a mount.
 #[derive(Parser, Debug)]
-#[command(name = "cstorage", version, about, max_term_width = 100)]
+#[command(name = "cstorage", version = VERSION, about, max_term_width = 100)]
 struct Cli {
     /// Graph root of the store (default: from storage.conf, as podman finds it).
     #[arg(long, global = true, value_name = "PATH")]
@@ -43,7 +45,10 @@ struct Cli {
     /// repeatable).
     #[arg(long, global = true, value_name = "OPTION")]
     storage_opt: Vec<String>,
-    /// Output format: table or json; for `image export`: oci, oci-archive or docker-archive.
+    /// Output format: table, json, or a Go template as podman takes it (`{{.ID}}`,
+    /// `table {{.Repository}}\t{{.Tag}}`; for images, layers, containers, image inspect and
+    /// layer inspect); for `image export`: oci, oci-archive,
+    /// docker-archive or rootfs-tar.
     #[arg(long, global = true, value_name = "FORMAT")]
     format: Option<String>,
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
@@ -67,10 +72,31 @@ enum Command {
         /// as `podman images` hides them.
         #[arg(short, long)]
         all: bool,
+        /// Filter as podman does (repeatable; the same key repeated: any matches, different
+        /// keys: all match, labels: all match): reference=PATTERN, dangling=BOOL,
+        /// intermediate=BOOL, label=KEY[=VALUE], label!=KEY[=VALUE], before=IMAGE,
+        /// since=IMAGE, id=PREFIX, readonly=BOOL, until=TIME|DURATION.
+        #[arg(short, long, value_name = "FILTER")]
+        filter: Vec<String>,
     },
     /// Image commands.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard
+    /// output, e.g. `cstorage completions bash > /etc/bash_completion.d/cstorage`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on standard output: `cstorage man | man -l -`.
+    Man,
+    /// Show disk usage as `podman system df` does (images, containers, layers), from the
+    /// records (only container layers, which record no size, are walked).
+    Df {
+        /// Per image (size, shared and unique bytes, containers) and per container.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// List layers.
     Layers {
         /// Print only layer IDs.
@@ -92,6 +118,10 @@ enum Command {
         /// Layers checked in parallel (default: number of CPUs).
         #[arg(long, default_value_t = 0, value_name = "N")]
         jobs: usize,
+        /// Also compare each layer's files with its tar headers: paths, types, modes,
+        /// owners, sizes, symlink targets, devices, xattrs.
+        #[arg(long)]
+        metadata: bool,
     },
     /// List a directory of an image's merged root filesystem (no mount needed).
     Ls {
@@ -128,6 +158,27 @@ enum Command {
         /// The image compared to.
         image_b: String,
     },
+    /// Write an image's merged root filesystem into a new or empty directory, as
+    /// `umoci unpack` lays it out (owners kept as root; as another user recorded in the
+    /// `user.rootlesscontainers` xattr, as `umoci unpack --rootless` does).
+    Unpack {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The directory to write (created if missing; must be empty if present).
+        dir: PathBuf,
+        #[command(flatten)]
+        write: UnpackArgs,
+    },
+    /// Copy a file, symlink or directory tree out of an image (`podman cp` rules for
+    /// trailing slashes and existing destinations; DEST `-` writes a tar to standard output).
+    Cp {
+        /// IMAGE:PATH (symlinks before the last component are followed inside the image).
+        src: String,
+        /// Destination path on the host, or `-`.
+        dest: PathBuf,
+        #[command(flatten)]
+        write: UnpackArgs,
+    },
     /// List containers.
     Containers {
         /// Print only container IDs.
@@ -136,6 +187,30 @@ enum Command {
     },
     /// Serve the store as a read-only OCI registry (pull only) until SIGINT/SIGTERM.
     Serve(cstorage_serve::ServeArgs),
+}
+
+/// Options of `unpack` and `cp`.
+#[derive(clap::Args, Debug)]
+struct UnpackArgs {
+    /// Threads writing files (default: number of CPUs).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    jobs: usize,
+    /// Leave every file owned by the caller and record no owner (`cp` always does).
+    #[arg(long)]
+    no_owners: bool,
+    /// Do not check each file's size and CRC-64 against its layer's tar-split.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+impl UnpackArgs {
+    fn opts(&self) -> unpack::WriteOpts {
+        unpack::WriteOpts {
+            jobs: self.jobs,
+            no_owners: self.no_owners,
+            no_verify: self.no_verify,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,7 +226,9 @@ enum ImageCommand {
         /// Images (ID, prefix, name, reference or digest); several share one layout/archive.
         #[arg(required = true)]
         images: Vec<String>,
-        /// Output: a directory for `oci` (created or added to), a file for archives.
+        /// Output: a directory for `oci` (new, empty, or an OCI layout to add to); for
+        /// archives a file (replaced when complete), a FIFO or device, or `-` for standard
+        /// output.
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
         /// Layer compression for OCI formats: none, gzip or zstd.
@@ -182,8 +259,9 @@ enum LayerCommand {
         /// Take LAYER as an index into this image's layers.
         #[arg(long, value_name = "IMAGE")]
         image: Option<String>,
-        /// Output file (written under a temporary name and renamed when complete and
-        /// verified); standard output if absent.
+        /// Output file (written under a temporary name and renamed over it, keeping its mode
+        /// and owner, when complete and verified), FIFO or device; standard output if absent
+        /// or `-`.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// What to verify: none, crc (each file's size and CRC-64), digest (also the sha256
@@ -262,17 +340,46 @@ fn open_storage(cli: &Cli) -> Result<Storage> {
 fn run(cli: Cli) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
-    let format = match (cli.format.as_deref(), &cli.command) {
-        (_, Command::Image(ImageCommand::Export { .. })) => Format::Table,
-        (None | Some("table"), _) => Format::Table,
-        (Some("json"), _) => Format::Json,
-        (Some(o), _) => anyhow::bail!("--format {o:?}: expected table or json"),
+    let format = match &cli.command {
+        Command::Image(ImageCommand::Export { .. }) => Format::Table,
+        _ => Format::parse(cli.format.as_deref())?,
     };
+    let templates_allowed = matches!(
+        cli.command,
+        Command::Images { .. }
+            | Command::Layers { .. }
+            | Command::Containers { .. }
+            | Command::Image(ImageCommand::Inspect { .. })
+            | Command::Layer(LayerCommand::Inspect { .. })
+    );
+    if matches!(format, Format::Template(_)) && !templates_allowed {
+        anyhow::bail!(
+            "--format: templates are taken by images, layers, containers, image inspect and layer inspect; this command takes table or json"
+        );
+    }
+    let json = format.is_json();
+    // Commands that need no store.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "cstorage", &mut out);
+            out.flush().context("writing output")?;
+            return Ok(());
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            out.flush().context("writing output")?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let storage = open_storage(&cli)?;
     match &cli.command {
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
         Command::Info => {
             let info = Info::new(&storage)?;
-            if format == Format::Json {
+            if json {
                 fmt::json(&mut out, &info)?;
             } else {
                 let v = serde_json::to_value(&info)?;
@@ -290,27 +397,60 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Images { quiet, all } => {
+        Command::Images { quiet, all, filter } => {
+            let filters = filter
+                .iter()
+                .map(|f| podman::ImageFilter::parse(f))
+                .collect::<Result<Vec<_>>>()?;
             let mut images = storage.list_images()?;
-            if !*all {
+            let ctx = if !filters.is_empty() || matches!(format, Format::Template(_)) {
+                Some(podman::ImageContext::new(&storage)?)
+            } else {
+                None
+            };
+            // Without -a, intermediate images are hidden, unless an intermediate= filter
+            // says what to do with them (as podman).
+            let intermediate_filter = filters
+                .iter()
+                .any(|f| matches!(f, podman::ImageFilter::Intermediate(_)));
+            if !*all && !intermediate_filter {
                 let hidden = storage.intermediate_image_ids()?;
                 images.retain(|i| !hidden.contains(i.id()));
+            }
+            if let Some(ctx) = &ctx {
+                images = podman::filter_images(&storage, images, &filters, ctx)?;
             }
             if *quiet {
                 for i in &images {
                     writeln!(out, "{}", i.id())?;
                 }
-            } else if format == Format::Json {
+            } else if json {
                 let v: Vec<ImageSummary> = images.iter().map(ImageSummary::new).collect();
                 fmt::json(&mut out, &v)?;
+            } else if let (Format::Template(t), Some(ctx)) = (&format, &ctx) {
+                // podman's order: newest first.
+                let mut rows: Vec<(Option<std::time::SystemTime>, serde_json::Value)> = images
+                    .iter()
+                    .flat_map(|i| {
+                        podman::image_rows(i, ctx)
+                            .into_iter()
+                            .map(move |r| (i.created(), r))
+                    })
+                    .collect();
+                rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+                t.render(
+                    &mut out,
+                    podman::IMAGE_HEADERS,
+                    rows.into_iter().map(|r| r.1),
+                )?;
             } else {
                 let mut rows = Vec::new();
                 for i in &images {
                     let created = human_ago(i.created());
-                    let size = human_size(i.size());
+                    let size = i.known_size().map(human_size).unwrap_or_else(|| "-".into());
                     let mut named = false;
                     for n in i.names() {
-                        let (repo, tag) = split_name(n);
+                        let (repo, tag) = podman::split_name(n);
                         rows.push(vec![
                             repo,
                             tag,
@@ -337,6 +477,11 @@ fn run(cli: Cli) -> Result<()> {
                 )?;
             }
         }
+        Command::Image(ImageCommand::Export { images, output, .. })
+            if cli.format.as_deref() == Some("rootfs-tar") =>
+        {
+            unpack::rootfs_tar(&storage, images, output, false)?;
+        }
         Command::Image(ImageCommand::Export {
             images,
             output,
@@ -354,11 +499,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Image(ImageCommand::Inspect { images }) => {
             let mut v = Vec::new();
+            let mut imgs = Vec::new();
             for q in images {
                 let img = storage.find_image(q)?;
                 v.push(ImageDetail::new(&img)?);
+                imgs.push(img);
             }
-            fmt::json(&mut out, &v)?;
+            if let Format::Template(t) = &format {
+                let parents = storage.image_parents()?;
+                let rows = v
+                    .iter()
+                    .zip(&imgs)
+                    .map(|(d, i)| Ok(podman::inspect_row(serde_json::to_value(d)?, i, &parents)))
+                    .collect::<Result<Vec<_>>>()?;
+                let h = podman::headers_with_json(&[], rows.first());
+                t.render(&mut out, &h, rows)?;
+            } else {
+                fmt::json(&mut out, &v)?;
+            }
         }
         Command::Layers { quiet } => {
             let layers = storage.list_layers()?;
@@ -366,30 +524,45 @@ fn run(cli: Cli) -> Result<()> {
                 for l in &layers {
                     writeln!(out, "{}", l.id())?;
                 }
-            } else {
-                let users = storage.layer_users()?;
-                let summaries: Vec<LayerSummary> = layers
+            } else if let Format::Template(t) = &format {
+                let users = storage.layer_users_index()?;
+                let rows = layers
                     .iter()
-                    .map(|l| LayerSummary::new(l, users.get(l.id()).cloned().unwrap_or_default()))
-                    .collect();
-                if format == Format::Json {
-                    fmt::json(&mut out, &summaries)?;
+                    .map(|l| {
+                        let s = LayerSummary::new(
+                            l,
+                            users.image_ids(l.id()).map(String::from).collect(),
+                        );
+                        Ok(podman::layer_row(serde_json::to_value(s)?, l))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let h = podman::headers_with_json(podman::LAYER_HEADERS, rows.first());
+                t.render(&mut out, &h, rows)?;
+            } else {
+                if json {
+                    // One summary at a time: the image lists grow with depth x images.
+                    let users = storage.layer_users_index()?;
+                    let each = layers.iter().map(|l| {
+                        LayerSummary::new(l, users.image_ids(l.id()).map(String::from).collect())
+                    });
+                    fmt::json(&mut out, &fmt::Seq::new(each))?;
                 } else {
+                    let counts = storage.layer_user_counts()?;
                     let rows: Vec<Vec<String>> = layers
                         .iter()
-                        .zip(&summaries)
-                        .map(|(l, s)| {
+                        .map(|l| {
                             vec![
                                 short_id(l.id()).to_string(),
                                 l.parent_id().map(short_id).unwrap_or("-").to_string(),
-                                s.diff_digest
-                                    .as_deref()
-                                    .map(|d| d.get(..19).unwrap_or(d))
-                                    .unwrap_or("-")
-                                    .to_string(),
-                                s.diff_size.map(human_size).unwrap_or_else(|| "-".into()),
+                                l.diff_digest()
+                                    .map(|d| {
+                                        let d = d.to_string();
+                                        d.get(..19).unwrap_or(&d).to_string()
+                                    })
+                                    .unwrap_or_else(|| "-".into()),
+                                l.diff_size().map(human_size).unwrap_or_else(|| "-".into()),
                                 human_ago(l.created()),
-                                s.images.len().to_string(),
+                                counts.get(l.id()).copied().unwrap_or(0).to_string(),
                             ]
                         })
                         .collect();
@@ -419,17 +592,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Layer(LayerCommand::Ls { layer, image, long }) => {
             let l = resolve_layer(&storage, layer, image.as_deref())?;
-            ls::layer(&l, &mut out, *long, format == Format::Json)?;
+            ls::layer(&l, &mut out, *long, json)?;
         }
         Command::Layer(LayerCommand::Inspect { layers }) => {
             let mut v = Vec::new();
+            let mut ls = Vec::new();
             for q in layers {
                 let l = storage.find_layer(q)?;
                 v.push(LayerDetail::new(&l)?);
+                ls.push(l);
             }
-            fmt::json(&mut out, &v)?;
+            if let Format::Template(t) = &format {
+                let rows = v
+                    .iter()
+                    .zip(&ls)
+                    .map(|(d, l)| Ok(podman::layer_row(serde_json::to_value(d)?, l)))
+                    .collect::<Result<Vec<_>>>()?;
+                let h = podman::headers_with_json(podman::LAYER_HEADERS, rows.first());
+                t.render(&mut out, &h, rows)?;
+            } else {
+                fmt::json(&mut out, &v)?;
+            }
         }
-        Command::Verify { images, all, jobs } => {
+        Command::Verify {
+            images,
+            all,
+            jobs,
+            metadata,
+        } => {
             let imgs = if *all {
                 storage.list_images()?
             } else {
@@ -439,7 +629,9 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|q| storage.find_image(q))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let bad = export::verify(&imgs, *jobs, &mut out, format == Format::Json)?;
+            let opts =
+                composefs_storage::verify::VerifyOptions::new(*jobs).with_metadata(*metadata);
+            let bad = export::verify(&imgs, &opts, &mut out, json)?;
             out.flush().context("writing output")?;
             if bad > 0 {
                 anyhow::bail!("{bad} of the checks failed");
@@ -456,26 +648,39 @@ fn run(cli: Cli) -> Result<()> {
             path.as_deref(),
             *long,
             *recursive,
-            format == Format::Json,
+            json,
             &mut out,
         )?,
         Command::Serve(args) => cstorage_serve::run(storage.clone(), args)?,
         Command::Cat { image, paths } => rootfs::cat(&storage, image, paths, &mut out)?,
-        Command::Stat { image, path } => {
-            rootfs::stat(&storage, image, path, format == Format::Json, &mut out)?
-        }
+        Command::Stat { image, path } => rootfs::stat(&storage, image, path, json, &mut out)?,
         Command::Diff { image_a, image_b } => {
-            rootfs::diff(&storage, image_a, image_b, format == Format::Json, &mut out)?
+            rootfs::diff(&storage, image_a, image_b, json, &mut out)?
         }
+        Command::Df { verbose } => df::df(&storage, *verbose, json, &mut out)?,
+        Command::Unpack { image, dir, write } => {
+            unpack::unpack(&storage, image, dir, &write.opts())?
+        }
+        Command::Cp { src, dest, write } => unpack::cp(&storage, src, dest, &write.opts())?,
         Command::Containers { quiet } => {
             let ctrs = storage.list_containers()?;
             if *quiet {
                 for c in &ctrs {
                     writeln!(out, "{}", c.id)?;
                 }
-            } else if format == Format::Json {
+            } else if json {
                 let v: Vec<ContainerSummary> = ctrs.iter().map(ContainerSummary::new).collect();
                 fmt::json(&mut out, &v)?;
+            } else if let Format::Template(t) = &format {
+                let rows = ctrs
+                    .iter()
+                    .map(|c| {
+                        let s = serde_json::to_value(ContainerSummary::new(c))?;
+                        Ok(podman::container_row(s, c, &storage))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let h = podman::headers_with_json(podman::CONTAINER_HEADERS, rows.first());
+                t.render(&mut out, &h, rows)?;
             } else {
                 let rows: Vec<Vec<String>> = ctrs
                     .iter()
@@ -533,22 +738,35 @@ fn resolve_layer(
     Ok(l)
 }
 
-/// Splits `repo:tag` / `repo@digest` for the images table.
-fn split_name(n: &str) -> (String, String) {
-    if let Some((repo, d)) = n.split_once('@') {
-        return (repo.to_string(), d.get(..19).unwrap_or(d).to_string());
-    }
-    let slash = n.rfind('/').map(|i| i + 1).unwrap_or(0);
-    match n[slash..].rfind(':') {
-        Some(i) => (n[..slash + i].to_string(), n[slash + i + 1..].to_string()),
-        None => (n.to_string(), "<none>".to_string()),
-    }
+/// SIGINT, SIGTERM and SIGHUP remove the temporary and unfinished files of the command
+/// (`composefs_storage::output`), then end the process by the signal's default action, so
+/// that its parent sees the conventional status (130, 143, 129).
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            composefs_storage::output::remove_pending();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
+fn libc_sigpipe() -> i32 {
+    signal_hook::consts::SIGPIPE
 }
 
 fn main() {
     // First: this may be the user-namespace helper of a rootless store, re-executed.
     composefs_storage::userns::init();
     let cli = Cli::parse();
+    // unpack and cp stop their workers on a signal and clean up themselves.
+    if !matches!(cli.command, Command::Unpack { .. } | Command::Cp { .. }) {
+        remove_temporaries_on_signals();
+    }
     log::set_max_level(cli.log_level);
     let _ = log::set_logger(&LOGGER);
     if let Err(e) = run(cli) {
@@ -560,7 +778,8 @@ fn main() {
                     .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
         });
         if broken_pipe {
-            std::process::exit(0);
+            // What was written is incomplete: fail as a process killed by SIGPIPE does.
+            std::process::exit(128 + libc_sigpipe());
         }
         // One line: the error and its causes, each cause only if not already said.
         let mut msg = String::new();

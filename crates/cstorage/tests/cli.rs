@@ -416,7 +416,10 @@ fn layer_export_refuses_a_terminal_and_warns_for_generated_tars() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refusing to write a tar to a terminal"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("refusing to write binary data to a terminal")
+    );
     // A container layer has no tar-split: exported with a warning.
     let out = cstorage(&store)
         .args(["layer", "export", &layer])
@@ -521,4 +524,228 @@ fn verify_reports_exactly_what_is_damaged() {
     assert_eq!(table.status.code(), Some(1));
     let t = String::from_utf8_lossy(&table.stdout);
     assert!(t.contains("FAILED") && t.contains("app/two.bin"), "{t}");
+}
+
+/// Peak resident memory (KiB) and stdout of a cstorage run, through `/usr/bin/time`.
+fn peak_rss(store: &TestStore, args: &[&str]) -> (u64, String) {
+    let rss = store.root.parent().unwrap().join("rss");
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-f").arg("%M").arg("-o").arg(&rss);
+    c.arg(env!("CARGO_BIN_EXE_cstorage"));
+    c.args(store.cstorage_args()).args(args);
+    c.env("CONTAINERS_STORAGE_CONF", "/dev/null");
+    let out = stdout_of(&mut c);
+    let kib = std::fs::read_to_string(&rss)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (kib, out)
+}
+
+#[test]
+fn deep_chains_with_many_images_take_linear_memory() {
+    // One real image, then a chain of 4200 layers on its base layer with an image on each
+    // (records written by hand: skopeo cannot build such a store in test time).
+    let f = fixture();
+    let store = TestStore::new();
+    store.copy_in(
+        &format!("oci:{}:base", f.layout.display()),
+        "localhost/base:latest",
+        &[],
+    );
+    let lpath = store.root.join("overlay-layers/layers.json");
+    let ipath = store.root.join("overlay-images/images.json");
+    let mut layers: Vec<Value> = serde_json::from_slice(&std::fs::read(&lpath).unwrap()).unwrap();
+    let mut images: Vec<Value> = serde_json::from_slice(&std::fs::read(&ipath).unwrap()).unwrap();
+    let base = layers[0]["id"].as_str().unwrap().to_string();
+    const DEPTH: usize = 4200;
+    // IDs that differ in their first 12 characters (the table's short IDs).
+    let layer_id = |i: usize| format!("{i:012x}{:052x}", 0);
+    let mut parent = base.clone();
+    for i in 0..DEPTH {
+        let mut l = layers[0].clone();
+        let id = layer_id(i + 1);
+        l["id"] = Value::from(id.clone());
+        l["parent"] = Value::from(parent.clone());
+        l.as_object_mut().unwrap().remove("names");
+        layers.push(l);
+        let mut img = images[0].clone();
+        img["id"] = Value::from(format!("e{:063x}", i + 1));
+        img["layer"] = Value::from(id.clone());
+        img.as_object_mut().unwrap().remove("names");
+        images.push(img);
+        parent = id;
+    }
+    std::fs::write(&lpath, serde_json::to_vec(&layers).unwrap()).unwrap();
+    std::fs::write(&ipath, serde_json::to_vec(&images).unwrap()).unwrap();
+    // Counts: the base is used by every image; the layer at depth k (1-based above the
+    // base) by the images on it and above it.
+    let (kib, out) = peak_rss(&store, &["layers"]);
+    let count_of = |id: &str| -> usize {
+        let short = &id[..12];
+        let line = out.lines().find(|l| l.starts_with(short)).unwrap();
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert_eq!(count_of(&base), DEPTH + 1);
+    assert_eq!(count_of(&layer_id(1)), DEPTH);
+    assert_eq!(count_of(&layer_id(4000)), DEPTH - 3999);
+    assert_eq!(count_of(&layer_id(DEPTH)), 1);
+    assert!(kib < 100 * 1024, "layers: {kib} KiB");
+    let (kib, out) = peak_rss(&store, &["layer", "inspect", &base]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["images"].as_array().unwrap().len(), DEPTH + 1);
+    assert!(kib < 100 * 1024, "layer inspect: {kib} KiB");
+    // Images above 4096 layers cannot be read: `images` says their size is unknown, as
+    // `image inspect` refuses them.
+    let (kib, out) = peak_rss(&store, &["images", "-a", "--format", "json"]);
+    let v: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let deep = format!("e{:063x}", DEPTH);
+    let ok = format!("e{:063x}", 10);
+    let size_of = |id: &str| v.iter().find(|i| i["id"] == id).unwrap()["size"].clone();
+    assert!(size_of(&deep).is_null());
+    assert!(size_of(&ok).as_u64().unwrap() > 0);
+    assert!(kib < 100 * 1024, "images: {kib} KiB");
+    // (with the big data of the real image, so that only its depth is wrong)
+    let orig = images[0]["id"].as_str().unwrap();
+    testutil::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(store.root.join("overlay-images").join(orig))
+            .arg(store.root.join("overlay-images").join(&deep)),
+    );
+    let e = fails(cstorage(&store).args(["image", "inspect", &deep]));
+    assert!(e.contains("longer than"), "{e}");
+}
+
+/// `--format` templates, `df -v` and the container fields against Debian 12's podman 4.3 on
+/// a store with podman-created containers. (Filters are compared with podman 5 in
+/// modern.rs; podman 4.3 differs there in two ways the README lists.)
+#[test]
+fn templates_and_df_match_podman4() {
+    let f = fixture();
+    let store = TestStore::new();
+    for (src, name) in [
+        ("base", "localhost/base:latest"),
+        ("app1", "localhost/app1:latest"),
+        ("app1", "docker.io/library/again:v1"),
+    ] {
+        store.copy_in(&format!("oci:{}:{src}", f.layout.display()), name, &[]);
+    }
+    for (n, img) in [
+        ("c1", "localhost/app1:latest"),
+        ("c2", "localhost/base:latest"),
+    ] {
+        testutil::run(
+            store
+                .podman()
+                .args(["create", "--name", n, "--network", "none", img, "/x"]),
+        );
+    }
+    let sorted = |b: Vec<u8>| {
+        let mut v: Vec<String> = String::from_utf8_lossy(&b)
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let ours = |args: &[&str]| sorted(cstorage(&store).args(args).output().unwrap().stdout);
+    let podman = |args: &[&str]| sorted(testutil::run(store.podman().args(args)).stdout);
+    for t in [
+        "table {{.ID}}\\t{{.Repository}}\\t{{.Tag}}\\t{{.Size}}\\t{{.CreatedAt}}\\t{{.Digest}}",
+        "{{.ID}}|{{.Labels}}|{{.Names}}|{{.History}}|{{.Containers}}|{{.VirtualSize}}|{{.ParentId}}|{{.Dangling}}",
+        "{{range .RepoDigests}}{{.}},{{end}} {{lower .Repository}} {{printf \"%.4s\" .Tag}}",
+    ] {
+        assert_eq!(
+            ours(&["images", "--format", t]),
+            podman(&["images", "--format", t]),
+            "{t}"
+        );
+    }
+    let t = "{{.ID}} {{.Names}} {{.Image}} {{.ImageID}} {{.Labels}}";
+    assert_eq!(
+        ours(&["containers", "--format", t]),
+        podman(&["ps", "-a", "--format", t])
+    );
+    let t = "{{.Id}} {{.RepoTags}} {{.Size}} {{.Config.Cmd}} {{.RootFS.Layers}} {{.Parent}}";
+    assert_eq!(
+        ours(&["image", "inspect", "--format", t, "localhost/app1"]),
+        podman(&["image", "inspect", "--format", t, "localhost/app1"])
+    );
+    // df -v: the images table (CREATED is a human duration: left out).
+    let rows = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .take_while(|l| !l.starts_with("Containers space usage"))
+            .filter(|l| !l.is_empty() && !l.starts_with("Images space usage"))
+            .map(|l| {
+                let c: Vec<&str> = l
+                    .split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                [&c[..3], &c[4..]].concat().join("|")
+            })
+            .collect()
+    };
+    let unsorted = |b: Vec<u8>| -> Vec<String> {
+        String::from_utf8_lossy(&b)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let mut a = rows(unsorted(
+        cstorage(&store).args(["df", "-v"]).output().unwrap().stdout,
+    ));
+    let mut b = rows(unsorted(
+        testutil::run(store.podman().args(["system", "df", "-v"])).stdout,
+    ));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert!(
+        a.iter().any(|r| r.contains("|1")),
+        "a container is counted: {a:?}"
+    );
+}
+
+#[test]
+fn completions_load_and_the_man_page_renders() {
+    let bin = env!("CARGO_BIN_EXE_cstorage");
+    let o = testutil::run(Command::new("bash").arg("-c").arg(format!(
+        "source <({bin} completions bash) && complete -p cstorage"
+    )));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("_cstorage"),
+        "{o:?}"
+    );
+    // bash: what Tab after `cstorage ima` offers.
+    let o = testutil::run(Command::new("bash").arg("-c").arg(format!(
+        "source <({bin} completions bash); COMP_WORDS=(cstorage ima); COMP_CWORD=1; _cstorage cstorage ima cstorage; echo \"${{COMPREPLY[@]}}\""
+    )));
+    let offered = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        offered.contains("images") && offered.contains("image"),
+        "{offered}"
+    );
+    testutil::require_tool("zsh");
+    let o = testutil::run(Command::new("zsh").arg("-fc").arg(format!(
+        "autoload -Uz compinit && compinit -u -D && source <({bin} completions zsh) && print -r -- ${{_comps[cstorage]}}"
+    )));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "_cstorage",
+        "{o:?}"
+    );
+    let o = testutil::run(Command::new("sh").arg("-c").arg(format!(
+        "{bin} man > /tmp/cstorage.1.$$ && MANWIDTH=100 man -l /tmp/cstorage.1.$$; rc=$?; rm -f /tmp/cstorage.1.$$; exit $rc"
+    )));
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains("NAME") && page.contains("cstorage"), "{page}");
+    assert!(
+        page.contains("images") && page.contains("--storage-opt"),
+        "{page}"
+    );
+    let v = stdout_of(Command::new(bin).arg("--version"));
+    assert!(v.starts_with("cstorage 0."), "{v}");
 }

@@ -152,10 +152,10 @@ fn mode_chars(mode: u32) -> String {
             8 => Some((0o1000, 't')),
             _ => None,
         };
-        if let Some((b, x)) = special {
-            if mode & b != 0 {
-                ch = if ch == c { x } else { x.to_ascii_uppercase() };
-            }
+        if let Some((b, x)) = special
+            && mode & b != 0
+        {
+            ch = if ch == c { x } else { x.to_ascii_uppercase() };
         }
         s.push(ch);
     }

@@ -283,12 +283,9 @@ fn image_export_and_verify_work_as_the_user() {
         .args(["inspect", "--raw"])
         .arg(format!("oci:{}", out.display())));
     let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
-    for (l, want) in manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&f.rl_layers)
-    {
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), f.rl_layers.len(), "one blob per layer");
+    for (l, want) in layers.iter().zip(&f.rl_layers) {
         let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
         let blob = std::fs::read(out.join("blobs/sha256").join(hex)).unwrap();
         // Uncompressed export: the blob is the layer tar itself.
