@@ -768,8 +768,12 @@ fn main() {
     // First: this may be the user-namespace helper of a rootless store, re-executed.
     composefs_storage::userns::init();
     let cli = Cli::parse();
-    // unpack and cp stop their workers on a signal and clean up themselves.
-    if !matches!(cli.command, Command::Unpack { .. } | Command::Cp { .. }) {
+    // unpack and cp stop their workers on a signal and clean up themselves; serve shuts
+    // down gracefully on SIGINT/SIGTERM (and removes its unix socket).
+    if !matches!(
+        cli.command,
+        Command::Unpack { .. } | Command::Cp { .. } | Command::Serve(_)
+    ) {
         remove_temporaries_on_signals();
     }
     log::set_max_level(cli.log_level);
