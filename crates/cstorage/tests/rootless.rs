@@ -605,10 +605,10 @@ fn output_rules_hold_for_the_user() {
     assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 0);
     // The user's own 0600 file: replaced, still 0600 and theirs.
     let mine = dir.join("mine.tar");
-    run(f.as_user("sh").arg("-c").arg(format!(
-        "umask 077 && echo old > {}",
-        mine.display()
-    )));
+    run(f
+        .as_user("sh")
+        .arg("-c")
+        .arg(format!("umask 077 && echo old > {}", mine.display())));
     run(f
         .cstorage()
         .args(["layer", "export", &layer, "-o"])
