@@ -6,7 +6,9 @@
 #   vs  podman create + podman export | tar x
 #   floor: cp -a (with reflinks where the file system has them) and tar c | tar x of an
 #   unpacked tree on the same file system.
-# Uses the store of bench/image-export.sh ($BENCH_DIR/image-1g, built once). Not a test.
+# Uses the store of bench/image-export.sh ($BENCH_DIR/image-1g, built once). The trees are
+# written under $UNPACK_TARGET (default $BENCH_DIR/image-1g/unpack, the store's file system;
+# e.g. a tmpfs mount to take the disk out). Not a test.
 source "$(dirname "$0")/common.sh"
 D=$BENCH_DIR/image-1g
 ROOT=$D/root; RUN=$D/run; OPT=overlay.skip_mount_home=true
@@ -24,30 +26,31 @@ if [ ! -f "$D/.done" ]; then
 fi
 CSTA="$CST --root $ROOT --runroot $RUN --storage-opt $OPT"
 PODMAN="podman --root $ROOT --runroot $RUN --storage-driver overlay --storage-opt $OPT --cgroup-manager=cgroupfs --events-backend=none"
-U=$D/unpack
-mkdir -p "$U"
+U=${UNPACK_TARGET:-$D/unpack}
+mkdir -p "$U" "$D/unpack"
 OUT=$U/out
+OCI=$D/unpack/oci
 machine_info
 echo "umoci: $(umoci --version)"
-echo "target file system: $(stat -f -c %T "$U")"
+echo "target file system: $(stat -f -c %T "$U") ($U)"
 echo "image: localhost/big:latest, $($CSTA images --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["size"])') bytes, 3 layers"
 
 # The OCI layout umoci needs: skopeo copy, timed once.
-if [ ! -f "$U/oci.done" ]; then
-    rm -rf "$U/oci"
+if [ ! -f "$OCI.done" ]; then
+    rm -rf "$OCI"
     s=$(date +%s.%N)
-    skopeo copy -q "${SPEC}localhost/big:latest" "oci:$U/oci:big"
+    skopeo copy -q "${SPEC}localhost/big:latest" "oci:$OCI:big"
     e=$(date +%s.%N)
-    python3 -c "print(f'skopeo copy containers-storage:... oci:... (once, for umoci): {$e-$s:.2f} s')" | tee "$U/oci.time"
-    touch "$U/oci.done"
+    python3 -c "print(f'skopeo copy containers-storage:... oci:... (once, for umoci): {$e-$s:.2f} s')" | tee "$OCI.time"
+    touch "$OCI.done"
 else
-    cat "$U/oci.time"
+    cat "$OCI.time"
 fi
 
 # Correctness first: our tree equals umoci's (paths, types, modes, owners, sizes, contents).
 rm -rf "$U/floor" "$U/umoci"
 $CSTA unpack localhost/big:latest "$U/floor"
-umoci unpack --image "$U/oci:big" "$U/umoci" >/dev/null 2>&1
+umoci unpack --image "$OCI:big" "$U/umoci" >/dev/null 2>&1
 if ! diff -r --no-dereference "$U/floor" "$U/umoci/rootfs" >/dev/null; then
     echo "cstorage unpack and umoci unpack differ" >&2; exit 1
 fi
@@ -71,7 +74,7 @@ CTR_EXPORT="c=\$($PODMAN create -q localhost/big:latest /bin/true) && mkdir $OUT
 hyperfine --warmup 1 --runs ${RUNS:-3} --export-json "$U/unpack.json" --prepare "rm -rf $OUT; sync" \
     "$CSTA unpack localhost/big:latest $OUT" \
     "$CSTA unpack --no-verify localhost/big:latest $OUT" \
-    "umoci unpack --image $U/oci:big $OUT" \
+    "umoci unpack --image $OCI:big $OUT" \
     "$CTR_EXPORT" \
     "cp -a --reflink=auto $U/floor $OUT" \
     "mkdir $OUT && tar -C $U/floor -cf - . | tar -C $OUT -xpf -" >/dev/null

@@ -499,7 +499,7 @@ fn copy_data(
     }
     if crc {
         // One pass: read, sum, write.
-        let mut buf = vec![0u8; 256 << 10];
+        let mut buf = vec![0u8; buf_len(size)];
         let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
         let mut total = 0u64;
         let mut r = src;
@@ -545,7 +545,7 @@ fn copy_data(
                 Err(e) => return Err(e.into()),
             }
         } else {
-            let mut buf = vec![0u8; 256 << 10];
+            let mut buf = vec![0u8; buf_len(size)];
             let mut r = src;
             loop {
                 let n = match r.read(&mut buf) {
@@ -567,9 +567,15 @@ fn copy_data(
     Ok(((total, None), false))
 }
 
+/// A copy buffer for a file of `size` bytes: most files are small, and zeroing 256 KiB for
+/// each would cost more than copying them.
+fn buf_len(size: u64) -> usize {
+    (size.clamp(4096, 256 << 10)) as usize
+}
+
 /// The CRC-64 of the first `len` bytes of `f` (a file written here, opened read-write).
 fn crc_of(f: &OwnedFd, len: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; buf_len(len)];
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
     let mut off = 0u64;
     while off < len {
