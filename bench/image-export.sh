@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: exporting a 3-layer, 1.3 GB image from the store.
 #   cstorage image export (oci, uncompressed and gzip; docker-archive)
-#   vs  skopeo copy containers-storage:... oci:...  (uncompressed and gzip)  vs  podman save.
+#   vs  skopeo copy containers-storage:... oci:...  (uncompressed and gzip)  vs  podman save
+#   (to a file and to a pipe).
 # Builds the store once with skopeo (kept in $BENCH_DIR/image-1g). Not a test.
 source "$(dirname "$0")/common.sh"
 D=$BENCH_DIR/image-1g
@@ -38,4 +39,11 @@ hyperfine --warmup 0 --runs ${RUNS:-3} --export-json "$D/docker.json" --prepare 
     "$PODMAN save -q -o $OUT localhost/big:latest" >/dev/null
 echo "== docker-archive (ratio = time / cstorage)"
 ratios "$D/docker.json"
+# Streamed to a pipe (issue 16): the uncompressed docker-archive goes out in one pass, no
+# temporary file; podman save writes to /dev/stdout.
+hyperfine --warmup 1 --runs ${RUNS:-3} --export-json "$D/stream.json" \
+    "$CSTA image export localhost/big:latest --format docker-archive -o - | cat >/dev/null" \
+    "$PODMAN save -q -o /dev/stdout localhost/big:latest | cat >/dev/null" >/dev/null
+echo "== docker-archive to a pipe (ratio = time / cstorage)"
+ratios "$D/stream.json"
 ls -la "$OUT" >/dev/null 2>&1 && rm -rf "$OUT"
