@@ -686,6 +686,8 @@ fn no_space_and_read_only_targets() {
     let (tmp, store) = fresh_store("big");
     let small = tmp.path().join("small");
     tmpfs(&small, "size=256k");
+    // Unmounted even if an assertion fails.
+    let small_mount = Mounted(small.clone());
     let o = cst(
         &store,
         &["unpack", "big", small.join("new").to_str().unwrap()],
@@ -710,10 +712,11 @@ fn no_space_and_read_only_targets() {
         err.contains("No space left") && err.contains("partial"),
         "{err}"
     );
-    umount(&small);
+    drop(small_mount);
 
     let ro = tmp.path().join("ro");
     tmpfs(&ro, "size=1m");
+    let ro_mount = Mounted(ro.clone());
     std::fs::create_dir(ro.join("empty")).unwrap();
     run(Command::new("mount").args(["-o", "remount,ro"]).arg(&ro));
     for target in [ro.join("new"), ro.join("empty")] {
@@ -722,7 +725,7 @@ fn no_space_and_read_only_targets() {
         assert!(err.contains("Read-only file system"), "{err}");
     }
     assert_eq!(std::fs::read_dir(ro.join("empty")).unwrap().count(), 0);
-    umount(&ro);
+    drop(ro_mount);
 }
 
 /// A layer file whose bytes changed on disk (same size): the CRC-64 recorded in the
