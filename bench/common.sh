@@ -6,6 +6,9 @@ cargo build --release -q -p cstorage
 CST=$PWD/target/release/cstorage
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cstorage-bench}
 mkdir -p "$BENCH_DIR"
+# One benchmark at a time per BENCH_DIR: they share stores (image-1g) that a run may rebuild.
+exec 9>"$BENCH_DIR/.lock"
+flock 9
 
 machine_info() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), kernel $(uname -r)"
