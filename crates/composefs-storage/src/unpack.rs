@@ -166,47 +166,39 @@ fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
-/// Opens the directory `rel` beneath `base` for use as a parent (`O_PATH`), following no
-/// symlink at all: every component must be a real directory beneath `base`.
-fn open_parent(base: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
+/// Opens the directory `rel` beneath `base` with `flags` (plus `O_DIRECTORY`, `O_NOFOLLOW`
+/// and `O_CLOEXEC`), following no symlink at all: every component must be a real directory
+/// beneath `base`. Retried (a bounded number of times, as `fsutil::openat2_beneath`) on
+/// `EAGAIN` from a concurrent rename and on `EINTR`.
+fn open_target_dir(base: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
         rel
     };
+    let mut tries = 0;
     loop {
         match rustix::fs::openat2(
             base,
             rel,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         ) {
-            Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) | Err(Errno::INTR) if tries < 64 => tries += 1,
             r => return r.map_err(Into::into),
         }
     }
 }
 
-/// Opens the directory `rel` beneath `base` for reading and changing its metadata.
+/// The directory `rel` beneath `base` as a parent to create names in (`O_PATH`).
+fn open_parent(base: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
+    open_target_dir(base, rel, OFlags::PATH)
+}
+
+/// The directory `rel` beneath `base`, for reading and changing its metadata.
 fn open_dir_rw(base: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    loop {
-        match rustix::fs::openat2(
-            base,
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
-            r => return r.map_err(Into::into),
-        }
-    }
+    open_target_dir(base, rel, OFlags::RDONLY)
 }
 
 /// Is this extended attribute the image's (copied), not the store's own bookkeeping?
