@@ -11,22 +11,10 @@
 # Prints ratios, CPU use (user+sys over wall: how the work spreads over the cores) and peak RSS.
 # Not a test. Needs root (tmpfs, bind mount, chroot).
 source "$(dirname "$0")/common.sh"
-D=$BENCH_DIR/layer-1g
-ROOT=$D/root; RUN=$D/run; OPT=overlay.skip_mount_home=true
-if [ ! -f "$D/.done" ]; then
-    rm -rf "$D"; mkdir -p "$D/tree/usr/lib"
-    cp -a /usr/share "$D/tree/usr/"
-    cp -a /usr/lib/x86_64-linux-gnu "$D/tree/usr/lib/" 2>/dev/null || cp -a /usr/lib/$(uname -m)-linux-gnu "$D/tree/usr/lib/"
-    echo "building the layout and the store (one-time)" >&2
-    scripts/mkoci.py --plain "$D/layout" big "$D/tree" >/dev/null
-    skopeo copy -q "oci:$D/layout:big" "containers-storage:[overlay@$ROOT+$RUN:$OPT]localhost/big:latest"
-    rm -rf "$D/tree" "$D/layout"
-    touch "$D/.done"
-fi
+use_layer_1g
 echo "building composefs-rs's importer (bench/composefs-rs, composefs-oci 0.9.4)" >&2
 cargo build --release -q --manifest-path bench/composefs-rs/Cargo.toml
 CFSRS=$PWD/bench/composefs-rs/target/release/composefs-rs-import
-CSTA="$CST --root $ROOT --runroot $RUN --storage-opt $OPT"
 IMG=localhost/big:latest
 L=$($CSTA layers -q | head -n1)
 DIFF=$ROOT/overlay/$L/diff

@@ -4,19 +4,7 @@
 #   vs  tar-split asm, into a pipe and into a file, with `cat` of the same files as the floor.
 # Builds the store once with skopeo (kept in $BENCH_DIR/layer-1g). Not a test.
 source "$(dirname "$0")/common.sh"
-D=$BENCH_DIR/layer-1g
-ROOT=$D/root; RUN=$D/run; OPT=overlay.skip_mount_home=true
-if [ ! -f "$D/.done" ]; then
-    rm -rf "$D"; mkdir -p "$D/tree/usr/lib"
-    cp -a /usr/share "$D/tree/usr/"
-    cp -a /usr/lib/x86_64-linux-gnu "$D/tree/usr/lib/" 2>/dev/null || cp -a /usr/lib/$(uname -m)-linux-gnu "$D/tree/usr/lib/"
-    echo "building the layout and the store (one-time)" >&2
-    scripts/mkoci.py --plain "$D/layout" big "$D/tree" >/dev/null
-    skopeo copy -q "oci:$D/layout:big" "containers-storage:[overlay@$ROOT+$RUN:$OPT]localhost/big:latest"
-    rm -rf "$D/tree" "$D/layout"
-    touch "$D/.done"
-fi
-CSTA="$CST --root $ROOT --runroot $RUN --storage-opt $OPT"
+use_layer_1g
 CS="containers-storage -s overlay -g $ROOT -R $RUN --storage-opt $OPT"
 L=$($CSTA layers -q | head -n1)
 DIFF=$ROOT/overlay/$L/diff

@@ -10,22 +10,7 @@
 # written under $UNPACK_TARGET (default $BENCH_DIR/image-1g/unpack, the store's file system;
 # e.g. a tmpfs mount to take the disk out). Not a test.
 source "$(dirname "$0")/common.sh"
-D=$BENCH_DIR/image-1g
-ROOT=$D/root; RUN=$D/run; OPT=overlay.skip_mount_home=true
-SPEC="containers-storage:[overlay@$ROOT+$RUN:$OPT]"
-if [ ! -f "$D/.done" ]; then
-    rm -rf "$D"; mkdir -p "$D/l1/usr" "$D/l2/usr/lib" "$D/l3/app"
-    cp -a /usr/share "$D/l1/usr/"
-    cp -a /usr/lib/x86_64-linux-gnu "$D/l2/usr/lib/" 2>/dev/null || cp -a /usr/lib/$(uname -m)-linux-gnu "$D/l2/usr/lib/"
-    echo "app" > "$D/l3/app/run"
-    echo "building the layout and the store (one-time)" >&2
-    scripts/mkoci.py --plain "$D/layout" big "$D/l1" "$D/l2" "$D/l3" >/dev/null
-    skopeo copy -q "oci:$D/layout:big" "${SPEC}localhost/big:latest"
-    rm -rf "$D/l1" "$D/l2" "$D/l3" "$D/layout"
-    touch "$D/.done"
-fi
-CSTA="$CST --root $ROOT --runroot $RUN --storage-opt $OPT"
-PODMAN="podman --root $ROOT --runroot $RUN --storage-driver overlay --storage-opt $OPT --cgroup-manager=cgroupfs --events-backend=none"
+use_image_1g
 U=${UNPACK_TARGET:-$D/unpack}
 mkdir -p "$U" "$D/unpack"
 OUT=$U/out

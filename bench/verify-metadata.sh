@@ -8,18 +8,7 @@
 # on the 1.3 GB one-layer store of bench/layer-export.sh (built here if missing), copied with
 # hard links into the chroot's work directory. Not a test.
 source "$(dirname "$0")/common.sh"
-D=$BENCH_DIR/layer-1g
-ROOT=$D/root; RUN=$D/run; OPT=overlay.skip_mount_home=true
-if [ ! -f "$D/.done" ]; then
-    rm -rf "$D"; mkdir -p "$D/tree/usr/lib"
-    cp -a /usr/share "$D/tree/usr/"
-    cp -a /usr/lib/x86_64-linux-gnu "$D/tree/usr/lib/" 2>/dev/null || cp -a /usr/lib/$(uname -m)-linux-gnu "$D/tree/usr/lib/"
-    echo "building the layout and the store (one-time)" >&2
-    scripts/mkoci.py --plain "$D/layout" big "$D/tree" >/dev/null
-    skopeo copy -q "oci:$D/layout:big" "containers-storage:[overlay@$ROOT+$RUN:$OPT]localhost/big:latest"
-    rm -rf "$D/tree" "$D/layout"
-    touch "$D/.done"
-fi
+use_layer_1g
 # podman 5 runs in the chroot, which sees only its work directory: check a copy of the store
 # there (a full copy: podman writes its own files, and locks, into the graph root; made
 # again when the source store is rebuilt).
