@@ -152,33 +152,50 @@ impl Storage {
         Ok((images, children))
     }
 
+    /// podman's parent and child relation between the images of the store (see the module
+    /// documentation for the exact rule), computed in one pass: which images are
+    /// intermediate, and each image's parent.
+    pub fn image_lineage(&self) -> Result<ImageLineage> {
+        let (images, children) = self.image_children()?;
+        let mut lineage = ImageLineage::default();
+        for (p, ch) in children.iter().enumerate() {
+            if images[p].names().is_empty() && !ch.is_empty() {
+                lineage.intermediate.insert(images[p].id().to_string());
+            }
+            for &c in ch {
+                lineage
+                    .parents
+                    .entry(images[c].id().to_string())
+                    .or_insert_with(|| images[p].id().to_string());
+            }
+        }
+        Ok(lineage)
+    }
+
     /// The IDs of the images podman calls intermediate: no names, and a child image built
     /// on them (see the module documentation for the exact rule). `podman images` hides
     /// them unless `-a` is given.
     pub fn intermediate_image_ids(&self) -> Result<BTreeSet<String>> {
-        let (images, children) = self.image_children()?;
-        Ok(images
-            .iter()
-            .zip(&children)
-            .filter(|(img, ch)| img.names().is_empty() && !ch.is_empty())
-            .map(|(img, _)| img.id().to_string())
-            .collect())
+        Ok(self.image_lineage()?.intermediate)
     }
 
     /// For each image that has one, the ID of its parent image by podman's rule (the image
     /// it is a child of, see the module documentation): what `podman images` shows as
     /// `ParentId`. Several candidates (images with the same content): the first listed.
     pub fn image_parents(&self) -> Result<BTreeMap<String, String>> {
-        let (images, children) = self.image_children()?;
-        let mut out = BTreeMap::new();
-        for (p, ch) in children.iter().enumerate() {
-            for &c in ch {
-                out.entry(images[c].id().to_string())
-                    .or_insert_with(|| images[p].id().to_string());
-            }
-        }
-        Ok(out)
+        Ok(self.image_lineage()?.parents)
     }
+}
+
+/// podman's parent and child relation between the images of a store
+/// ([`Storage::image_lineage`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ImageLineage {
+    /// The IDs of the intermediate images: no names, and a child image.
+    pub intermediate: BTreeSet<String>,
+    /// Image ID → the ID of its parent image, for the images that have one.
+    pub parents: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ pub use config::{AdditionalLayerStore, StorageConfig};
 pub use error::{Result, StorageError};
 pub use export::{ExportOptions, ExportReport, Verify};
 pub use image::Image;
+pub use intermediate::ImageLineage;
 pub use layer::Layer;
 pub use layer_files::LayerFiles;
 pub use output::OutputFile;

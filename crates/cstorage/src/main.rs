@@ -418,8 +418,13 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .any(|f| matches!(f, podman::ImageFilter::Intermediate(_)));
             if !*all && !intermediate_filter {
-                let hidden = storage.intermediate_image_ids()?;
-                images.retain(|i| !hidden.contains(i.id()));
+                match &ctx {
+                    Some(ctx) => images.retain(|i| !ctx.is_intermediate(i)),
+                    None => {
+                        let hidden = storage.intermediate_image_ids()?;
+                        images.retain(|i| !hidden.contains(i.id()));
+                    }
+                }
             }
             if let Some(ctx) = &ctx {
                 images = podman::filter_images(&storage, images, &filters, ctx)?;

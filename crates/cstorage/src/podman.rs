@@ -88,10 +88,11 @@ impl ImageContext {
                 *containers.entry(i.clone()).or_insert(0) += 1;
             }
         }
+        let lineage = storage.image_lineage()?;
         Ok(ImageContext {
             containers,
-            intermediate: storage.intermediate_image_ids()?,
-            parents: storage.image_parents()?,
+            intermediate: lineage.intermediate,
+            parents: lineage.parents,
         })
     }
 
