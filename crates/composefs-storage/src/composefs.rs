@@ -49,10 +49,10 @@ use ::composefs::generic_tree::{LeafId, OciTransformOptions};
 use ::composefs::tree::{Directory, FileSystem, Inode, LeafContent, RegularFile, Stat};
 
 use crate::error::{Result, StorageError};
-use crate::image::Image;
-use crate::layer::Layer;
-use crate::tar_header::{EntryType, HeaderStream, TarHeader};
-use crate::tar_split::{FileGetter, Raw, TarSplitReader, gz_reader, open_locked};
+use crate::store::image::Image;
+use crate::store::layer::Layer;
+use crate::tar::header::{EntryType, HeaderStream, TarHeader};
+use crate::tar::tar_split::{FileGetter, Raw, TarSplitReader, gz_reader, open_locked};
 
 /// Regular files of at most this many bytes are stored inline in the EROFS image; larger
 /// ones are referenced by their fs-verity digest (composefs-rs's threshold).

@@ -192,7 +192,7 @@ pub enum StorageError {
     #[error("user namespace helper: {0}")]
     UserNs(String),
 
-    /// A path inside one layer's own files ([`crate::layer_files`]) could not be resolved
+    /// A path inside one layer's own files ([`crate::rootfs::layer_files`]) could not be resolved
     /// or read.
     #[error("layer {layer}: {path}: {source}")]
     LayerPath {

@@ -3,14 +3,14 @@
 
 use std::io::Cursor;
 
-use crate::records::{ContainerMetadata, ImageMetadata, LayerMetadata};
-use crate::tar_split::{Raw, TarSplitReader};
+use crate::store::records::{ContainerMetadata, ImageMetadata, LayerMetadata};
+use crate::tar::tar_split::{Raw, TarSplitReader};
 
 /// Parses bytes as an (uncompressed) tar-split stream, entry by entry, and feeds its segments
 /// to a tar header parser as the listing does.
 pub fn tar_split_stream(data: &[u8]) {
     let mut r = TarSplitReader::new(Cursor::new(data), "fuzz");
-    let mut headers = crate::tar_header::HeaderStream::new();
+    let mut headers = crate::tar::header::HeaderStream::new();
     for _ in 0..100_000 {
         match r.next_raw() {
             Ok(Some(Raw::Segment(b))) => {
@@ -20,7 +20,7 @@ pub fn tar_split_stream(data: &[u8]) {
                 }
             }
             Ok(Some(Raw::File { name, size, .. })) => {
-                let _ = crate::tar_split::content_path(name);
+                let _ = crate::tar::tar_split::content_path(name);
                 let _ = headers.take(size);
             }
             Ok(None) | Err(_) => return,
@@ -30,17 +30,17 @@ pub fn tar_split_stream(data: &[u8]) {
 
 /// Parses bytes as one tar header block, and as a header stream.
 pub fn tar_header(data: &[u8]) {
-    if let Ok(h) = crate::tar_header::TarHeader::from_bytes(data) {
+    if let Ok(h) = crate::tar::header::TarHeader::from_bytes(data) {
         // Whatever parses must encode and parse back to the same path.
         let b = h.to_bytes();
-        let mut s = crate::tar_header::HeaderStream::new();
+        let mut s = crate::tar::header::HeaderStream::new();
         if s.push(&b).is_ok() {
             if let Some(back) = s.take(0) {
                 assert_eq!(back.path, h.path, "header path round trip");
             }
         }
     }
-    let mut s = crate::tar_header::HeaderStream::new();
+    let mut s = crate::tar::header::HeaderStream::new();
     for chunk in data.chunks(97) {
         if s.push(chunk).is_err() {
             return;
@@ -54,8 +54,8 @@ pub fn storage_conf(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let env = crate::config::Environment::default();
-    if let Ok(c) = crate::config::parse_for_fuzzing(text, &env) {
+    let env = crate::store::config::Environment::default();
+    if let Ok(c) = crate::store::config::parse_for_fuzzing(text, &env) {
         let _ = c.overlay_options();
         let _ = c.additional_image_stores();
         let _ = c.additional_layer_stores();
@@ -78,7 +78,7 @@ pub fn records(data: &[u8]) {
         for i in v {
             let _ = (i.digests(), i.created_time());
             for k in &i.big_data_names {
-                let _ = crate::image::big_data_file_name(k);
+                let _ = crate::store::image::big_data_file_name(k);
             }
         }
     }
@@ -94,12 +94,12 @@ pub fn reference(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(r) = crate::reference::Reference::parse_normalized(s) {
+    if let Ok(r) = crate::store::reference::Reference::parse_normalized(s) {
         let shown = r.clone().with_default_tag().to_string();
         // A normalized reference is stable under normalization.
-        let again = crate::reference::Reference::parse_normalized(&shown)
+        let again = crate::store::reference::Reference::parse_normalized(&shown)
             .unwrap_or_else(|e| panic!("{shown:?} from {s:?} does not parse again: {e}"));
         assert_eq!(again.to_string(), shown);
     }
-    let _ = crate::reference::Reference::is_short_name(s);
+    let _ = crate::store::reference::Reference::is_short_name(s);
 }

@@ -113,31 +113,15 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
-mod chains;
 #[cfg(feature = "composefs")]
 pub mod composefs;
-pub mod config;
-pub mod disk_usage;
 pub mod error;
 pub mod export;
 mod fsutil;
-pub mod image;
-pub mod image_export;
-mod intermediate;
-pub mod layer;
-pub mod layer_files;
-mod lock;
-pub mod manifest;
-mod naive_diff;
-mod native_diff;
 pub mod output;
-mod records;
-pub mod reference;
 pub mod rootfs;
-pub mod storage;
-pub mod tar_header;
-pub mod tar_split;
-mod toc;
+mod store;
+mod tar;
 pub mod unpack;
 pub mod userns;
 pub mod verify;
@@ -145,15 +129,21 @@ pub mod verify;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use export::image as image_export;
+pub use rootfs::layer_files;
+pub use store::storage::disk_usage;
+pub use store::{config, image, layer, manifest, reference, storage};
+pub use tar::{header as tar_header, tar_split};
+
 pub use config::{AdditionalLayerStore, StorageConfig};
 pub use error::{Result, StorageError};
 pub use export::{ExportOptions, ExportReport, Verify};
 pub use image::Image;
-pub use intermediate::ImageLineage;
+pub use store::storage::lineage::ImageLineage;
 pub use layer::Layer;
 pub use layer_files::LayerFiles;
 pub use output::OutputFile;
-pub use records::{ContainerMetadata, IdMapping, ImageMetadata};
+pub use store::records::{ContainerMetadata, IdMapping, ImageMetadata};
 pub use rootfs::RootFs;
 pub use storage::{LayerMetadata, LayerUsers, ReadGuard, Storage};
 pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};

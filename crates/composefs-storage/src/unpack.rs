@@ -41,9 +41,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use rustix::io::Errno;
 
 use crate::error::{Result, StorageError};
-use crate::image::Image;
+use crate::store::image::Image;
 use crate::rootfs::{FileKind, Metadata, RootFs, Source};
-use crate::tar_split::{Raw, TarSplitReader, content_path, gz_reader};
+use crate::tar::tar_split::{Raw, TarSplitReader, content_path, gz_reader};
 
 /// The extended attribute `umoci --rootless` records an unsettable owner in.
 pub const ROOTLESS_XATTR: &str = "user.rootlesscontainers";
@@ -145,7 +145,7 @@ fn crc_map(layer: &crate::Layer) -> Result<Option<CrcMap>> {
     if !layer.has_tar_split()? {
         return Ok(None);
     }
-    let (_locks, file) = crate::tar_split::open_locked(layer)?;
+    let (_locks, file) = crate::tar::tar_split::open_locked(layer)?;
     let Some(file) = file else { return Ok(None) };
     let mut r = TarSplitReader::new(gz_reader(file), layer.id());
     let mut map = HashMap::new();
@@ -985,7 +985,7 @@ pub fn write_tar(
     verify: bool,
     cancel: Option<&AtomicBool>,
 ) -> Result<TarReport> {
-    use crate::tar_header::{EntryType, TarHeader};
+    use crate::tar::header::{EntryType, TarHeader};
     let rootfs = image.rootfs()?;
     let layers = image.layers()?;
     let mut crcs = Vec::with_capacity(layers.len());
@@ -1141,7 +1141,7 @@ pub fn write_tar(
                 out.write_all(&buf[..n]).map_err(wr)?;
                 left -= n as u64;
             }
-            let pad = crate::tar_header::padding(h.size) as usize;
+            let pad = crate::tar::header::padding(h.size) as usize;
             out.write_all(&[0u8; 512][..pad]).map_err(wr)?;
             rep.bytes += h.size + pad as u64;
             rep.content_bytes += h.size;

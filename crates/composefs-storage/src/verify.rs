@@ -15,10 +15,10 @@ use rustix::fs::FileType;
 use crate::error::{Result, StorageError};
 use crate::export::{ExportOptions, Verify};
 use crate::fsutil::{self, Follow};
-use crate::image::Image;
-use crate::layer::Layer;
-use crate::manifest::{ManifestKind, guess_kind, sha256_digest};
-use crate::tar_header::{EntryType, TarHeader};
+use crate::store::image::Image;
+use crate::store::layer::Layer;
+use crate::store::manifest::{ManifestKind, guess_kind, sha256_digest};
+use crate::tar::header::{EntryType, TarHeader};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Serialize)]
@@ -463,7 +463,7 @@ fn split_path(p: &[u8]) -> (&[u8], &[u8]) {
 /// A tar name as c/storage extracts it: cleaned, inside the layer (`/x` is `x`); `None` for
 /// the layer's root.
 fn layer_path(name: &[u8]) -> Option<Vec<u8>> {
-    let c = crate::tar_split::clean_name(name);
+    let c = crate::tar::tar_split::clean_name(name);
     let start = c.iter().position(|&b| b != b'/').unwrap_or(c.len());
     let c = c[start..].to_vec();
     (!c.is_empty() && c != b".").then_some(c)
@@ -552,8 +552,8 @@ impl MetaWalk<'_> {
     }
 
     fn owner(&self, uid: u32, gid: u32) -> (u64, u64) {
-        let u = crate::native_diff::to_container(self.layer.uid_map(), uid).unwrap_or(uid);
-        let g = crate::native_diff::to_container(self.layer.gid_map(), gid).unwrap_or(gid);
+        let u = crate::export::native_diff::to_container(self.layer.uid_map(), uid).unwrap_or(uid);
+        let g = crate::export::native_diff::to_container(self.layer.gid_map(), gid).unwrap_or(gid);
         match self.id_maps {
             Some((um, gm)) => (u64::from(um.to_inside(u)), u64::from(gm.to_inside(g))),
             None => (u64::from(u), u64::from(g)),

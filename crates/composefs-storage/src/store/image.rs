@@ -9,10 +9,10 @@ use oci_spec::image::{Digest, ImageConfiguration, ImageManifest};
 
 use crate::error::{Result, StorageError};
 use crate::fsutil;
-use crate::layer::{Layer, MAX_CHAIN};
-use crate::manifest::{Manifest, sha256_digest};
-use crate::records::ImageMetadata;
-use crate::storage::{ImageStore, Snapshot, Storage};
+use crate::store::layer::{Layer, MAX_CHAIN};
+use crate::store::manifest::{Manifest, sha256_digest};
+use crate::store::records::ImageMetadata;
+use crate::store::storage::{ImageStore, Snapshot, Storage};
 
 /// Largest big-data item read into memory (manifests, configs, signatures).
 pub(crate) const MAX_BIG_DATA: u64 = 256 << 20;

@@ -18,17 +18,17 @@ use cap_std::fs::Dir;
 use oci_spec::image::Digest;
 use serde::de::DeserializeOwned;
 
-use crate::chains::Chains;
-use crate::config::{OverlayOptions, StorageConfig};
+use crate::store::chains::Chains;
+use crate::store::config::{OverlayOptions, StorageConfig};
 use crate::error::{Result, StorageError};
 use crate::fsutil;
-use crate::image::Image;
-use crate::layer::Layer;
-use crate::lock::{LockFile, SharedLock, Token};
-use crate::records::{ContainerMetadata, ImageMetadata};
-use crate::reference::{Reference, is_full_id};
+use crate::store::image::Image;
+use crate::store::layer::Layer;
+use crate::store::lock::{LockFile, SharedLock, Token};
+use crate::store::records::{ContainerMetadata, ImageMetadata};
+use crate::store::reference::{Reference, is_full_id};
 
-pub use crate::records::LayerMetadata;
+pub use crate::store::records::LayerMetadata;
 
 /// Largest JSON record file accepted (`layers.json`, `images.json`, ...).
 pub(crate) const MAX_RECORDS_FILE: u64 = 1 << 30;
@@ -454,6 +454,9 @@ fn check_store_driver(root: &NamedDir) -> Result<()> {
         }),
     }
 }
+
+pub mod disk_usage;
+pub mod lineage;
 
 impl Storage {
     /// Opens the store podman would use in this environment (storage.conf, environment

@@ -10,9 +10,9 @@ use oci_spec::image::Digest;
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
-use crate::image::Image;
-use crate::records::{IdMapping, LayerMetadata};
-use crate::storage::{LayerStore, NamedDir, Snapshot, Storage};
+use crate::store::image::Image;
+use crate::store::records::{IdMapping, LayerMetadata};
+use crate::store::storage::{LayerStore, NamedDir, Snapshot, Storage};
 
 /// Longest parent chain followed before giving up (c/storage itself has no limit, but the
 /// kernel's overlayfs stacks at most a few hundred lowers).
@@ -446,7 +446,7 @@ impl Layer {
 
     /// Takes the layer store's shared locks and checks, with them held, that the layer is
     /// still in the store (reloading the records if a writer changed them).
-    pub(crate) fn lock_and_check(&self) -> Result<Vec<crate::lock::SharedLock>> {
+    pub(crate) fn lock_and_check(&self) -> Result<Vec<crate::store::lock::SharedLock>> {
         let store = self.store();
         let locks = store.lock()?;
         let idx = store.refresh()?;
@@ -539,7 +539,7 @@ impl Layer {
     /// Reads a layer big-data item (e.g. `zstd-chunked-manifest`).
     pub fn read_big_data(&self, key: &str) -> Result<Vec<u8>> {
         self.check_id()?;
-        let fname = crate::image::big_data_file_name(key)
+        let fname = crate::store::image::big_data_file_name(key)
             .map_err(|m| StorageError::layer(self.id(), format!("big-data key {key:?}: {m}")))?;
         let Some(dir) = &self.store().layers_dir else {
             return Err(StorageError::layer(
@@ -549,7 +549,7 @@ impl Layer {
         };
         let _g = self.store().lock()?;
         let rel = Path::new(self.id()).join(&fname);
-        match fsutil::read_file(&dir.dir, &rel, crate::image::MAX_BIG_DATA) {
+        match fsutil::read_file(&dir.dir, &rel, crate::store::image::MAX_BIG_DATA) {
             Ok(b) => Ok(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::layer(
                 self.id(),

@@ -56,7 +56,7 @@ use std::path::Path;
 use rustix::fs::{FileType, Stat};
 
 use crate::error::{Result, StorageError};
-use crate::layer::Layer;
+use crate::store::layer::Layer;
 use crate::rootfs::{
     FileKind, LDir, MetaRules, Metadata, NameClass, WHITEOUT_PREFIX, errno, for_each_name,
     is_whiteout_dev, is_whiteout_name, layer_root, split_path,
@@ -118,7 +118,7 @@ pub struct LayerFiles {
     root: LDir,
     depth: usize,
     rules: MetaRules,
-    _locks: Vec<crate::lock::SharedLock>,
+    _locks: Vec<crate::store::lock::SharedLock>,
 }
 
 /// Where a path of the layer is: the directory holding its last component and that name

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
-use crate::layer::Layer;
+use crate::store::layer::Layer;
 
 /// Most entries accepted in one table of contents.
 const MAX_ENTRIES: usize = 1 << 22;
@@ -181,7 +181,7 @@ fn build(raw: &[u8]) -> std::result::Result<Vec<TocNode>, String> {
             };
             let (mtime, mtime_nsec) = match e.modtime.as_deref() {
                 Some(t) => {
-                    let t = crate::records::parse_rfc3339(t)
+                    let t = crate::store::records::parse_rfc3339(t)
                         .ok_or_else(|| format!("entry {:?}: modtime {t:?}", e.name))?;
                     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
                     (

@@ -16,7 +16,7 @@
 //!
 //! Within this process, a [`LockFile`] counts its holders: the kernel lock is taken by the first
 //! and released by the last, so nested holders (an operation running while the caller holds a
-//! [`crate::storage::ReadGuard`]) do not release each other's lock.
+//! [`crate::store::storage::ReadGuard`]) do not release each other's lock.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

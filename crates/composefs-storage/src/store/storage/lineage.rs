@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::image::Image;
-use crate::storage::Storage;
+use crate::store::image::Image;
+use crate::store::storage::Storage;
 
 /// What of an image config the rule compares.
 struct Lineage {
@@ -52,7 +52,7 @@ fn lineage(image: &Image) -> Option<Lineage> {
 /// fields are equal (a missing field counts as its zero value, as in Go).
 fn same_entry(a: &Value, b: &Value) -> bool {
     let created = |v: &Value| v.get("created").and_then(Value::as_str).map(str::to_string);
-    let time = |s: &Option<String>| s.as_deref().map(crate::records::parse_rfc3339);
+    let time = |s: &Option<String>| s.as_deref().map(crate::store::records::parse_rfc3339);
     let (ca, cb) = (created(a), created(b));
     if ca.is_some() != cb.is_some() {
         return false;

@@ -34,10 +34,10 @@ use rustix::fs::{FileType, Stat};
 use crate::error::{Result, StorageError};
 use crate::export::{ExportOptions, ExportReport, TargetWriter};
 use crate::fsutil::{self, Follow};
-use crate::layer::Layer;
-use crate::native_diff::{keep_xattr, to_container};
-use crate::records::IdMapping;
-use crate::tar_header::{BLOCK, EntryType, TarHeader, padding};
+use crate::store::layer::Layer;
+use crate::export::native_diff::{keep_xattr, to_container};
+use crate::store::records::IdMapping;
+use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
 
 const PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 

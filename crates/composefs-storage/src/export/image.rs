@@ -24,13 +24,13 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StorageError};
 use crate::export::{ExportOptions, Verify};
-use crate::image::Image;
-use crate::layer::Layer;
-use crate::manifest::{
+use crate::store::image::Image;
+use crate::store::layer::Layer;
+use crate::store::manifest::{
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST, hex_digest,
 };
 use crate::output::{self, OutputFile, Pending};
-use crate::tar_header::{BLOCK, EntryType, TarHeader, padding};
+use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
 
 /// What to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -840,7 +840,7 @@ fn docker_members(
         let mut item = json!({"Config": cfg_name, "RepoTags": [], "Layers": layer_paths});
         if let Some(n) = &p.name {
             // RepoTags are `name:tag` without a digest.
-            let r = crate::reference::Reference::parse_normalized(n)
+            let r = crate::store::reference::Reference::parse_normalized(n)
                 .map_err(|e| StorageError::image(p.image.id(), e.to_string()))?
                 .with_default_tag();
             if let Some(tag) = r.tag() {

@@ -51,6 +51,8 @@
 //! # }
 //! ```
 
+pub mod layer_files;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -66,8 +68,8 @@ use rustix::fs::{FileType, OFlags, Stat};
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
-use crate::image::Image;
-use crate::toc::{TocRef, TocTree};
+use crate::store::image::Image;
+use crate::tar::toc::{TocRef, TocTree};
 
 /// Most symlinks followed while resolving one path (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
@@ -361,7 +363,7 @@ pub struct RootFs {
     layer_ids: Vec<String>,
     root: Merged,
     rules: MetaRules,
-    _locks: Vec<crate::lock::SharedLock>,
+    _locks: Vec<crate::store::lock::SharedLock>,
 }
 
 pub(crate) fn os(b: &[u8]) -> &OsStr {

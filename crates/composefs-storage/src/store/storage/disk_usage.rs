@@ -14,9 +14,9 @@ use cap_std::fs::MetadataExt;
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
-use crate::image::Image;
-use crate::records::ContainerMetadata;
-use crate::storage::Storage;
+use crate::store::image::Image;
+use crate::store::records::ContainerMetadata;
+use crate::store::storage::Storage;
 
 /// The disk usage of one image.
 #[derive(Debug, Clone)]

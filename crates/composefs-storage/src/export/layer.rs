@@ -22,9 +22,9 @@ use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StorageError};
-use crate::layer::Layer;
-use crate::manifest::hex_digest;
-use crate::tar_split::{FileGetter, LayerEntries, Raw, TarSplitReader, gz_reader, open_locked};
+use crate::store::layer::Layer;
+use crate::store::manifest::hex_digest;
+use crate::tar::tar_split::{FileGetter, LayerEntries, Raw, TarSplitReader, gz_reader, open_locked};
 
 /// Size of the output buffer (file content is read straight into it).
 const BUF: usize = 256 << 10;
@@ -382,7 +382,7 @@ impl Layer {
             if opts.verify == Verify::Digest || self.toc_digest().is_some() || self.is_flat()? {
                 return Err(StorageError::layer(self.id(), self.no_tar_split_reason()));
             }
-            return crate::native_diff::generate(self, target_writer(target), &name, opts);
+            return crate::export::native_diff::generate(self, target_writer(target), &name, opts);
         };
         let expected = match opts.verify {
             Verify::Digest => Some(self.diff_id().ok_or_else(|| {

@@ -24,10 +24,10 @@ use serde::Deserialize;
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
-use crate::layer::Layer;
-use crate::lock::SharedLock;
+use crate::store::layer::Layer;
+use crate::store::lock::SharedLock;
 
-pub use crate::tar_header::{EntryType, HeaderStream, TarHeader};
+pub use crate::tar::header::{EntryType, HeaderStream, TarHeader};
 
 /// Longest line accepted (a segment payload is at most 1 MiB, 1.4 MB in base64).
 const MAX_LINE: usize = 16 << 20;

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::layer::MAX_CHAIN;
-use crate::storage::Snapshot;
+use crate::store::layer::MAX_CHAIN;
+use crate::store::storage::Snapshot;
 
 /// A layer's position in the forest.
 #[derive(Debug, Clone, Copy)]

@@ -26,9 +26,9 @@ use rustix::fs::{AtFlags, FileType};
 use crate::error::{Result, StorageError};
 use crate::export::{ExportOptions, ExportReport, TargetWriter};
 use crate::fsutil::{self, Follow};
-use crate::layer::Layer;
-use crate::records::IdMapping;
-use crate::tar_header::{BLOCK, EntryType, TarHeader, padding};
+use crate::store::layer::Layer;
+use crate::store::records::IdMapping;
+use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
 
 const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
@@ -331,12 +331,12 @@ pub(crate) fn generate(
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
     let _locks = layer.lock_and_check()?;
-    if crate::naive_diff::wanted(layer)? {
+    if crate::export::naive_diff::wanted(layer)? {
         log::debug!(
             "layer {}: c/storage diffs it against its parent (naive diff), so does this export",
             layer.id()
         );
-        return crate::naive_diff::generate(layer, w, name, opts);
+        return crate::export::naive_diff::generate(layer, w, name, opts);
     }
     log::debug!(
         "layer {} has no tar-split: generating a tar from its diff directory; it is not the original layer blob and its digest will differ",

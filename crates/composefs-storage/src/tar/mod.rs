@@ -1,0 +1,7 @@
+//! Tar as containers-storage keeps it: the tar-split metadata of each layer (the tar's own
+//! bytes, without file contents), the zstd:chunked table of contents, and tar headers read
+//! and written with Go's exact bytes.
+
+pub mod header;
+pub mod tar_split;
+pub(crate) mod toc;
