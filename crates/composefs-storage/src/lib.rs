@@ -118,6 +118,7 @@ pub mod composefs;
 pub mod error;
 pub mod export;
 mod fsutil;
+mod overlay;
 pub mod output;
 pub mod rootfs;
 mod store;

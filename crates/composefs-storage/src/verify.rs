@@ -426,7 +426,7 @@ enum Expect {
     Whiteout { uid: u64, gid: u64 },
 }
 
-const OVERRIDE_XATTR: &[u8] = b"user.containers.override_stat";
+const OVERRIDE_XATTR: &[u8] = crate::overlay::OVERRIDE_STAT_XATTR.as_bytes();
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -552,8 +552,8 @@ impl MetaWalk<'_> {
     }
 
     fn owner(&self, uid: u32, gid: u32) -> (u64, u64) {
-        let u = crate::export::native_diff::to_container(self.layer.uid_map(), uid).unwrap_or(uid);
-        let g = crate::export::native_diff::to_container(self.layer.gid_map(), gid).unwrap_or(gid);
+        let u = crate::overlay::to_container(self.layer.uid_map(), uid).unwrap_or(uid);
+        let g = crate::overlay::to_container(self.layer.gid_map(), gid).unwrap_or(gid);
         match self.id_maps {
             Some((um, gm)) => (u64::from(um.to_inside(u)), u64::from(gm.to_inside(g))),
             None => (u64::from(u), u64::from(g)),
@@ -634,7 +634,7 @@ impl MetaWalk<'_> {
             }
             if ft == FileType::Directory && !self.aufs && (self.read_trusted || self.rootless) {
                 let on_disk = xattrs.iter().any(|(k, v)| {
-                    (k == b"trusted.overlay.opaque" || k == b"user.overlay.opaque") && v == b"y"
+                    crate::overlay::KERNEL_OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k) && v == b"y"
                 });
                 let in_tar = self.opaque.remove(&path);
                 if on_disk != in_tar {

@@ -16,11 +16,12 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
+use crate::export::options::{ExportOptions, ExportReport, Progress, TargetWriter, Verify};
+use crate::export::{naive_diff, native_diff};
 use crate::error::{Result, StorageError};
 use crate::store::layer::Layer;
 use crate::store::manifest::hex_digest;
@@ -30,91 +31,6 @@ use crate::tar::tar_split::{FileGetter, LayerEntries, Raw, TarSplitReader, gz_re
 const BUF: usize = 256 << 10;
 /// Files at least this large are moved with zero-copy syscalls when nothing is verified.
 const ZERO_COPY_MIN: u64 = 128 << 10;
-
-/// How much of a layer export is verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Verify {
-    /// Nothing beyond each file's size; file content may be moved with zero-copy syscalls.
-    None,
-    /// Each file's exact size and CRC-64 against the tar-split record, as tar-split does, and
-    /// the total size against `diff-size`.
-    #[default]
-    Crc,
-    /// As `Crc`, and the sha256 of the whole stream against the layer's DiffID.
-    Digest,
-}
-
-impl std::str::FromStr for Verify {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Verify::None),
-            "crc" => Ok(Verify::Crc),
-            "digest" => Ok(Verify::Digest),
-            o => Err(format!("{o:?} is not one of none, crc, digest")),
-        }
-    }
-}
-
-/// A callback receiving the number of bytes written so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// Options of a layer export.
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub struct ExportOptions {
-    /// What to verify.
-    pub verify: Verify,
-    /// Called with the running byte count after each buffer written.
-    pub progress: Option<Progress>,
-}
-
-impl std::fmt::Debug for ExportOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportOptions")
-            .field("verify", &self.verify)
-            .field("progress", &self.progress.is_some())
-            .finish()
-    }
-}
-
-impl ExportOptions {
-    /// Options with the given verification.
-    pub fn new(verify: Verify) -> Self {
-        ExportOptions {
-            verify,
-            progress: None,
-        }
-    }
-
-    /// Adds a progress callback.
-    pub fn with_progress(mut self, p: Progress) -> Self {
-        self.progress = Some(p);
-        self
-    }
-}
-
-/// What an export produced.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ExportReport {
-    /// The layer ID.
-    pub layer: String,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Files whose content was copied.
-    pub files: u64,
-    /// Of those, files moved without passing through user space (`copy_file_range`,
-    /// `splice`, `sendfile`): only with [`Verify::None`], for files of 128 KiB or more, to
-    /// a file descriptor that takes them.
-    pub zero_copied_files: u64,
-    /// The sha256 of the stream, when it was computed ([`Verify::Digest`]).
-    pub digest: Option<Digest>,
-    /// True if the tar was rebuilt from tar-split (byte-identical to the original layer);
-    /// false if it was generated from the `diff` directory because the layer has no
-    /// tar-split (container layers): then its digest matches no original.
-    pub reproducible: bool,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FdKind {
@@ -382,7 +298,7 @@ impl Layer {
             if opts.verify == Verify::Digest || self.toc_digest().is_some() || self.is_flat()? {
                 return Err(StorageError::layer(self.id(), self.no_tar_split_reason()));
             }
-            return crate::export::native_diff::generate(self, target_writer(target), &name, opts);
+            return generate_diff(self, target_writer(target), &name, opts);
         };
         let expected = match opts.verify {
             Verify::Digest => Some(self.diff_id().ok_or_else(|| {
@@ -501,36 +417,30 @@ impl Layer {
     }
 }
 
-/// A `Write` over an export target, for the generated-tar path.
-pub(crate) enum TargetWriter<'a> {
-    Write(&'a mut dyn Write),
-    Fd(BorrowedFd<'a>),
-}
-
-impl Write for TargetWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            TargetWriter::Write(w) => w.write(buf),
-            TargetWriter::Fd(fd) => loop {
-                match rustix::io::write(*fd, buf) {
-                    Ok(n) => return Ok(n),
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            },
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            TargetWriter::Write(w) => w.flush(),
-            TargetWriter::Fd(_) => Ok(()),
-        }
-    }
-}
-
 fn target_writer(t: Target<'_>) -> TargetWriter<'_> {
     match t {
         Target::Write(w) => TargetWriter::Write(w),
         Target::Fd(fd, _) => TargetWriter::Fd(fd),
     }
 }
+
+/// A container layer's tar generated from its `diff/` directory the way c/storage's diff does
+/// it: the naive diff against its parent where c/storage would use that (metacopy or
+/// redirect_dir), else the native one.
+fn generate_diff(
+    layer: &Layer,
+    w: TargetWriter<'_>,
+    name: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    let _locks = layer.lock_and_check()?;
+    if naive_diff::wanted(layer)? {
+        log::debug!(
+            "layer {}: c/storage diffs it against its parent (naive diff), so does this export",
+            layer.id()
+        );
+        return naive_diff::generate(layer, w, name, opts);
+    }
+    native_diff::generate(layer, w, name, opts)
+}
+

@@ -6,5 +6,6 @@ pub mod image;
 pub(crate) mod layer;
 pub(crate) mod naive_diff;
 pub(crate) mod native_diff;
+mod options;
 
-pub use layer::*;
+pub use options::{ExportOptions, ExportReport, Progress, Verify};

@@ -32,14 +32,12 @@ use cap_std::fs::Dir;
 use rustix::fs::{FileType, Stat};
 
 use crate::error::{Result, StorageError};
-use crate::export::{ExportOptions, ExportReport, TargetWriter};
+use crate::export::options::{ExportOptions, ExportReport, TargetWriter};
 use crate::fsutil::{self, Follow};
 use crate::store::layer::Layer;
-use crate::export::native_diff::{keep_xattr, to_container};
+use crate::overlay::{OVERLAY_XATTR_PREFIXES, keep_xattr_in_diff, to_container};
 use crate::store::records::IdMapping;
 use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
-
-const PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
 fn os(b: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;
@@ -154,7 +152,7 @@ impl Tree<'_> {
         };
         let mut a = OvlAttrs::default();
         for (name, v) in vals {
-            let Some(rest) = PREFIXES
+            let Some(rest) = OVERLAY_XATTR_PREFIXES
                 .iter()
                 .find_map(|p| name.strip_prefix(p.as_bytes()))
             else {
@@ -687,7 +685,7 @@ pub(crate) fn generate(
                     .map_err(|er| tree.err(*k, p, er))?;
                 fsutil::fd_xattrs(&f).map_err(|er| tree.err(*k, p, er))?
             };
-            h.xattrs = all.into_iter().filter(|(n, _)| keep_xattr(n)).collect();
+            h.xattrs = all.into_iter().filter(|(n, _)| keep_xattr_in_diff(n)).collect();
             h.xattrs.sort();
         }
         let mut data = None;

@@ -24,13 +24,12 @@ use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, FileType};
 
 use crate::error::{Result, StorageError};
-use crate::export::{ExportOptions, ExportReport, TargetWriter};
+use crate::export::options::{ExportOptions, ExportReport, TargetWriter};
 use crate::fsutil::{self, Follow};
+use crate::overlay::{KERNEL_OPAQUE_XATTRS, is_whiteout_device, keep_xattr_in_diff, to_container};
 use crate::store::layer::Layer;
 use crate::store::records::IdMapping;
 use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
-
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
 struct Gen<'a, W: Write> {
     layer: &'a Layer,
@@ -46,22 +45,6 @@ struct Gen<'a, W: Write> {
     files: u64,
     opts: &'a ExportOptions,
     buf: Vec<u8>,
-}
-
-pub(crate) fn to_container(map: &[IdMapping], id: u32) -> Option<u32> {
-    if map.is_empty() {
-        return Some(id);
-    }
-    map.iter().find_map(|m| {
-        (id >= m.host_id && u64::from(id) < u64::from(m.host_id) + u64::from(m.size))
-            .then(|| m.container_id + (id - m.host_id))
-    })
-}
-
-pub(crate) fn keep_xattr(name: &[u8]) -> bool {
-    name == b"security.capability"
-        || name == b"security.ima"
-        || (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -225,12 +208,12 @@ impl<W: Write> Gen<'_, W> {
                 _ => Vec::new(),
             };
             for (k, v) in &xattrs {
-                if OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k.as_slice())
+                if KERNEL_OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k.as_slice())
                     && v.as_slice() == b"y"
                 {
                     opaque = true;
                 }
-                if keep_xattr(k) {
+                if keep_xattr_in_diff(k) {
                     h.xattrs.push((k.clone(), v.clone()));
                 }
             }
@@ -316,28 +299,19 @@ impl<W: Write> Gen<'_, W> {
 
 fn is_whiteout_rdev(dir: &Dir, rel: &[u8]) -> bool {
     match rustix::fs::statat(dir, os(rel), AtFlags::empty()) {
-        Ok(st) => {
-            FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
-        }
+        Ok(st) => is_whiteout_device(&st),
         Err(_) => false,
     }
 }
 
-/// Writes a tar generated from `layer`'s diff directory to `w`.
+/// Writes a tar generated from `layer`'s diff directory to `w`. The caller holds the layer's
+/// locks ([`Layer::lock_and_check`]) and has ruled out the naive diff.
 pub(crate) fn generate(
     layer: &Layer,
     w: TargetWriter<'_>,
     name: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
-    let _locks = layer.lock_and_check()?;
-    if crate::export::naive_diff::wanted(layer)? {
-        log::debug!(
-            "layer {}: c/storage diffs it against its parent (naive diff), so does this export",
-            layer.id()
-        );
-        return crate::export::naive_diff::generate(layer, w, name, opts);
-    }
     log::debug!(
         "layer {} has no tar-split: generating a tar from its diff directory; it is not the original layer blob and its digest will differ",
         layer.id()

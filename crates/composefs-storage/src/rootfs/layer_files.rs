@@ -57,9 +57,10 @@ use rustix::fs::{FileType, Stat};
 
 use crate::error::{Result, StorageError};
 use crate::store::layer::Layer;
+use crate::overlay::{WHITEOUT_PREFIX, is_whiteout_device};
 use crate::rootfs::{
-    FileKind, LDir, MetaRules, Metadata, NameClass, WHITEOUT_PREFIX, errno, for_each_name,
-    is_whiteout_dev, is_whiteout_name, layer_root, split_path,
+    FileKind, LDir, MetaRules, Metadata, NameClass, errno, for_each_name,
+    is_whiteout_name, layer_root, split_path,
 };
 
 /// The on-disk form of a whiteout.
@@ -183,7 +184,7 @@ impl LayerFiles {
             }
             match dir.lstat(n)? {
                 None => return Err(errno(libc::ENOENT)),
-                Some(st) if is_whiteout_dev(&st) && dir.disk().is_some() => {
+                Some(st) if is_whiteout_device(&st) && dir.disk().is_some() => {
                     return Err(errno(libc::ENOENT));
                 }
                 Some(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
@@ -222,7 +223,7 @@ impl LayerFiles {
         }
         let wh_name = [WHITEOUT_PREFIX, &name].concat();
         match found.parent.lstat(&name)? {
-            Some(st) if is_whiteout_dev(&st) && found.parent.disk().is_some() => Ok(LayerStat {
+            Some(st) if is_whiteout_device(&st) && found.parent.disk().is_some() => Ok(LayerStat {
                 kind: LayerEntryKind::Whiteout(WhiteoutForm::CharDevice),
                 opaque: false,
                 metadata: self.entry_metadata(&found.parent, &name, &st)?,
@@ -338,7 +339,7 @@ impl LayerFiles {
         }
         match found.parent.lstat(&name)? {
             None => Err(errno(libc::ENOENT)),
-            Some(st) if is_whiteout_dev(&st) && found.parent.disk().is_some() => {
+            Some(st) if is_whiteout_device(&st) && found.parent.disk().is_some() => {
                 Err(errno(libc::ENOENT))
             }
             Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {

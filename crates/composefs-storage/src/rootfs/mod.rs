@@ -68,20 +68,16 @@ use rustix::fs::{FileType, OFlags, Stat};
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
+use crate::overlay::{
+    OPAQUE_MARKER, OPAQUE_XATTRS, OVERRIDE_STAT_XATTR, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
+    is_whiteout_device,
+};
 use crate::store::image::Image;
 use crate::tar::toc::{TocRef, TocTree};
 
 /// Most symlinks followed while resolving one path (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
 
-const OPAQUE_XATTRS: [&str; 3] = [
-    "trusted.overlay.opaque",
-    "user.overlay.opaque",
-    "user.fuseoverlayfs.opaque",
-];
-const OPAQUE_FILE: &str = ".wh..wh..opq";
-pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OVERRIDE_XATTR: &str = "user.containers.override_stat";
 /// Buffer for `getdents64`.
 const DIRENT_BUF: usize = 32 << 10;
 
@@ -255,7 +251,7 @@ impl LDir {
     pub(crate) fn is_opaque(&self) -> io::Result<bool> {
         match self {
             LDir::Disk(d) => is_opaque(d),
-            LDir::Toc(t, n) => Ok(t.child(*n, OPAQUE_FILE.as_bytes()).is_some()),
+            LDir::Toc(t, n) => Ok(t.child(*n, OPAQUE_MARKER).is_some()),
         }
     }
 
@@ -386,10 +382,6 @@ fn lstat_at(dir: &Dir, name: &[u8]) -> io::Result<Option<Stat>> {
     }
 }
 
-pub(crate) fn is_whiteout_dev(st: &Stat) -> bool {
-    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
-}
-
 /// Is this layer directory opaque (xattr or `.wh..wh..opq` inside)?
 fn is_opaque(dir: &Dir) -> io::Result<bool> {
     if fsutil::fd_xattr_values(dir, &OPAQUE_XATTRS)?
@@ -398,12 +390,12 @@ fn is_opaque(dir: &Dir) -> io::Result<bool> {
     {
         return Ok(true);
     }
-    Ok(lstat_at(dir, OPAQUE_FILE.as_bytes())?.is_some())
+    Ok(lstat_at(dir, OPAQUE_MARKER)?.is_some())
 }
 
 /// The `user.containers.override_stat` of a file or directory, if set.
 fn read_override(fd: impl AsFd) -> io::Result<Option<Vec<u8>>> {
-    Ok(fsutil::fd_xattr_values(fd, &[OVERRIDE_XATTR])?
+    Ok(fsutil::fd_xattr_values(fd, &[OVERRIDE_STAT_XATTR])?
         .pop()
         .flatten())
 }
@@ -411,7 +403,7 @@ fn read_override(fd: impl AsFd) -> io::Result<Option<Vec<u8>>> {
 /// Applies `uid:gid:octalmode[:type]` to `md`. Malformed values are an error.
 fn apply_override(md: &mut Metadata, value: &[u8]) -> std::result::Result<(), String> {
     let s = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_string())?;
-    let bad = || format!("{OVERRIDE_XATTR}={s:?} is not uid:gid:mode[:type]");
+    let bad = || format!("{OVERRIDE_STAT_XATTR}={s:?} is not uid:gid:mode[:type]");
     let mut parts = s.trim_end_matches('\0').splitn(4, ':');
     let uid = parts.next().and_then(|p| p.parse::<u32>().ok());
     let gid = parts.next().and_then(|p| p.parse::<u32>().ok());
@@ -510,7 +502,7 @@ pub(crate) fn for_each_name(
     mut f: impl FnMut(&[u8], NameClass),
 ) -> io::Result<()> {
     let whiteout_name = |name: &[u8], f: &mut dyn FnMut(&[u8], NameClass)| {
-        if !name.starts_with(b".wh..wh.") && name.len() > WHITEOUT_PREFIX.len() {
+        if !name.starts_with(WHITEOUT_META_PREFIX) && name.len() > WHITEOUT_PREFIX.len() {
             f(&name[WHITEOUT_PREFIX.len()..], NameClass::WhiteoutFile);
         }
     };
@@ -556,7 +548,7 @@ pub(crate) fn for_each_name(
             match lstat_at(dir, name)? {
                 Some(st) => {
                     ft = FileType::from_raw_mode(st.st_mode);
-                    whiteout = is_whiteout_dev(&st);
+                    whiteout = is_whiteout_device(&st);
                 }
                 None => continue, // removed meanwhile
             }
@@ -651,7 +643,7 @@ fn lookup(merged: &Merged, name: &[u8]) -> io::Result<Option<(Child, Stat)>> {
             match &mut found {
                 None => {
                     let Some(kind) = kind else { return Ok(None) };
-                    if is_whiteout_dev(&st) {
+                    if is_whiteout_device(&st) {
                         return Ok(None);
                     }
                     let dir_here = kind == FileKind::Directory;
