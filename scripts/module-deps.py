@@ -71,6 +71,9 @@ def paths_in(mod, text):
         if m.group(1) in children:
             found.append(["self", m.group(1)])
     for m in re.finditer(r"\buse\s+((?:crate|super|self)\b[^;]*);", text, re.S):
+        # `use super::*;` is a unit-test module importing the file it sits in.
+        if re.fullmatch(r"super::\*", m.group(1).strip()):
+            continue
         found += expand([], m.group(1))
     for m in re.finditer(r"(?<![\w:])((?:crate|super)(?:::\w+)+)", text):
         found.append(m.group(1).split("::"))

@@ -1,7 +1,10 @@
 //! Errors returned by this crate.
 //!
 //! Every variant names the file, layer or image it is about, so that the one line a program
-//! prints from [`StorageError`]'s `Display` is enough to find the problem.
+//! prints from [`StorageError`]'s `Display` is enough to find the problem. That line includes
+//! the underlying system or parse error, so [`std::error::Error::source`] returns `None`
+//! (an error chain printed in full says each cause once); [`StorageError::io_error`] gives
+//! the underlying I/O error to callers that match on it.
 
 use std::path::PathBuf;
 
@@ -13,13 +16,12 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum StorageError {
     /// A system call on a file of the store failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file concerned (for display only; never opened by this path).
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// There is no store where one was expected.
@@ -50,13 +52,12 @@ pub enum StorageError {
     },
 
     /// A JSON file of the store could not be parsed.
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON: {error}", path.display())]
     Json {
         /// The file concerned.
         path: PathBuf,
         /// The parse error (with line and column).
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A value read from the store is not acceptable (hostile or corrupted store).
@@ -110,6 +111,15 @@ pub enum StorageError {
     BigDataNotFound {
         /// The image ID.
         image: String,
+        /// The key asked for.
+        key: String,
+    },
+
+    /// A big-data item of a layer does not exist.
+    #[error("layer {layer}: no big-data item {key:?}")]
+    LayerBigDataNotFound {
+        /// The layer ID.
+        layer: String,
         /// The key asked for.
         key: String,
     },
@@ -194,27 +204,25 @@ pub enum StorageError {
 
     /// A path inside one layer's own files ([`crate::rootfs::layer_files`]) could not be resolved
     /// or read.
-    #[error("layer {layer}: {path}: {source}")]
+    #[error("layer {layer}: {path}: {error}")]
     LayerPath {
         /// The layer ID.
         layer: String,
         /// The path in the layer, as given (lossily converted to UTF-8 for display).
         path: String,
         /// The underlying error (`ENOENT` for a name the layer does not have or whites out).
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A path inside an image's merged root filesystem could not be resolved or read.
-    #[error("image {image}: {path}: {source}")]
+    #[error("image {image}: {path}: {error}")]
     ImagePath {
         /// The image ID.
         image: String,
         /// The path in the image, as given (lossily converted to UTF-8 for display).
         path: String,
         /// The underlying error (`ENOENT`, `ENOTDIR`, `ELOOP`, ...).
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// An output target cannot be written by the output rules (see [`crate::output`]).
@@ -248,7 +256,7 @@ impl StorageError {
         };
         StorageError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -276,14 +284,19 @@ impl StorageError {
         }
     }
 
-    /// The `errno` of an underlying I/O error, if this is one.
-    pub fn raw_os_error(&self) -> Option<i32> {
+    /// The underlying I/O error, if this is one.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
         match self {
-            StorageError::Io { source, .. }
-            | StorageError::ImagePath { source, .. }
-            | StorageError::LayerPath { source, .. } => source.raw_os_error(),
+            StorageError::Io { error, .. }
+            | StorageError::ImagePath { error, .. }
+            | StorageError::LayerPath { error, .. } => Some(error),
             _ => None,
         }
+    }
+
+    /// The `errno` of an underlying I/O error, if this is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.io_error().and_then(std::io::Error::raw_os_error)
     }
 
     /// True if this error is a "permission denied" from the kernel (e.g. a rootless store's

@@ -78,7 +78,7 @@ pub fn records(data: &[u8]) {
         for i in v {
             let _ = (i.digests(), i.created_time());
             for k in &i.big_data_names {
-                let _ = crate::store::image::big_data_file_name(k);
+                let _ = crate::store::big_data::file_name(k);
             }
         }
     }

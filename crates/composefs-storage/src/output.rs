@@ -288,7 +288,7 @@ pub enum OutputKind {
 /// let mut out = OutputFile::create(Path::new("report.txt"))?;
 /// out.write_all(b"done\n").map_err(|e| composefs_storage::StorageError::Io {
 ///     path: out.name().to_path_buf(),
-///     source: e,
+///     error: e,
 /// })?;
 /// out.commit()?; // renamed over report.txt (mode and owner of an old one kept)
 /// # Ok(())

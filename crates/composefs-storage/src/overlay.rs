@@ -18,7 +18,8 @@ pub(crate) const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Opaque-directory attributes the kernel's overlayfs writes: `trusted.*` as root,
 /// `user.*` with the `userxattr` mount option (rootless).
-pub(crate) const KERNEL_OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+pub(crate) const KERNEL_OPAQUE_XATTRS: [&str; 2] =
+    ["trusted.overlay.opaque", "user.overlay.opaque"];
 /// [`KERNEL_OPAQUE_XATTRS`] and fuse-overlayfs's own: every opaque marker a layer directory
 /// can carry when read as a merged tree.
 pub(crate) const OPAQUE_XATTRS: [&str; 3] = [

@@ -41,8 +41,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use rustix::io::Errno;
 
 use crate::error::{Result, StorageError};
-use crate::store::image::Image;
 use crate::rootfs::{FileKind, Metadata, RootFs, Source};
+use crate::store::image::Image;
 use crate::tar::tar_split::{Raw, TarSplitReader, content_path, gz_reader};
 
 /// The extended attribute `umoci --rootless` records an unsettable owner in.
@@ -377,7 +377,7 @@ impl Ctx<'_> {
         let src = job.src.open_file().map_err(|e| StorageError::ImagePath {
             image: self.image.clone(),
             path: job.image_path.display().to_string(),
-            source: e,
+            error: e,
         })?;
         let name = Path::new(OsStr::from_bytes(&job.name));
         let flags =
@@ -1098,7 +1098,7 @@ pub fn write_tar(
                 let f = s.open_file().map_err(|e| StorageError::ImagePath {
                     image: image.id().to_string(),
                     path: entry.path.display().to_string(),
-                    source: e,
+                    error: e,
                 })?;
                 h.size = rustix::fs::fstat(&f)
                     .map_err(|e| StorageError::io(&entry.path, e.into()))?

@@ -634,7 +634,10 @@ impl MetaWalk<'_> {
             }
             if ft == FileType::Directory && !self.aufs && (self.read_trusted || self.rootless) {
                 let on_disk = xattrs.iter().any(|(k, v)| {
-                    crate::overlay::KERNEL_OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k) && v == b"y"
+                    crate::overlay::KERNEL_OPAQUE_XATTRS
+                        .iter()
+                        .any(|o| o.as_bytes() == k)
+                        && v == b"y"
                 });
                 let in_tar = self.opaque.remove(&path);
                 if on_disk != in_tar {

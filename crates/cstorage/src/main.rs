@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use composefs_storage::{Storage, StorageConfig};
+use composefs_storage::{Storage, StorageConfig, StorageError};
 
 use crate::fmt::{human_ago, human_size, short_id, table};
 use crate::template::Format;
@@ -786,8 +786,11 @@ fn main() {
     if let Err(e) = run(cli) {
         // A closed pipe (e.g. `cstorage images | head`) is not an error worth a message.
         let broken_pipe = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
+            c.downcast_ref::<std::io::Error>().is_some_and(pipe)
+                || c.downcast_ref::<StorageError>()
+                    .and_then(StorageError::io_error)
+                    .is_some_and(pipe)
                 || c.downcast_ref::<serde_json::Error>()
                     .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
         });
@@ -795,18 +798,9 @@ fn main() {
             // What was written is incomplete: fail as a process killed by SIGPIPE does.
             std::process::exit(128 + libc_sigpipe());
         }
-        // One line: the error and its causes, each cause only if not already said.
-        let mut msg = String::new();
-        for c in e.chain() {
-            let c = c.to_string();
-            if !msg.contains(&c) {
-                if !msg.is_empty() {
-                    msg.push_str(": ");
-                }
-                msg.push_str(&c);
-            }
-        }
-        eprintln!("cstorage: error: {}", msg.replace('\n', " "));
+        // One line: the error and its causes (each error says its cause once: either in its
+        // message or as its source, never both).
+        eprintln!("cstorage: error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
 }

@@ -24,12 +24,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StorageError};
 use crate::export::{ExportOptions, Verify};
+use crate::output::{self, OutputFile, Pending};
 use crate::store::image::Image;
 use crate::store::layer::Layer;
 use crate::store::manifest::{
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST, hex_digest,
 };
-use crate::output::{self, OutputFile, Pending};
 use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
 
 /// What to write.

@@ -20,12 +20,14 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
+use crate::error::{Result, StorageError};
 use crate::export::options::{ExportOptions, ExportReport, Progress, TargetWriter, Verify};
 use crate::export::{naive_diff, native_diff};
-use crate::error::{Result, StorageError};
 use crate::store::layer::Layer;
 use crate::store::manifest::hex_digest;
-use crate::tar::tar_split::{FileGetter, LayerEntries, Raw, TarSplitReader, gz_reader, open_locked};
+use crate::tar::tar_split::{
+    FileGetter, LayerEntries, Raw, TarSplitReader, gz_reader, open_locked,
+};
 
 /// Size of the output buffer (file content is read straight into it).
 const BUF: usize = 256 << 10;
@@ -443,4 +445,3 @@ fn generate_diff(
     }
     native_diff::generate(layer, w, name, opts)
 }
-

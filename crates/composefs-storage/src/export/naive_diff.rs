@@ -34,8 +34,8 @@ use rustix::fs::{FileType, Stat};
 use crate::error::{Result, StorageError};
 use crate::export::options::{ExportOptions, ExportReport, TargetWriter};
 use crate::fsutil::{self, Follow};
-use crate::store::layer::Layer;
 use crate::overlay::{OVERLAY_XATTR_PREFIXES, keep_xattr_in_diff, to_container};
+use crate::store::layer::Layer;
 use crate::store::records::IdMapping;
 use crate::tar::header::{BLOCK, EntryType, TarHeader, padding};
 
@@ -685,7 +685,10 @@ pub(crate) fn generate(
                     .map_err(|er| tree.err(*k, p, er))?;
                 fsutil::fd_xattrs(&f).map_err(|er| tree.err(*k, p, er))?
             };
-            h.xattrs = all.into_iter().filter(|(n, _)| keep_xattr_in_diff(n)).collect();
+            h.xattrs = all
+                .into_iter()
+                .filter(|(n, _)| keep_xattr_in_diff(n))
+                .collect();
             h.xattrs.sort();
         }
         let mut data = None;

@@ -208,7 +208,9 @@ impl<W: Write> Gen<'_, W> {
                 _ => Vec::new(),
             };
             for (k, v) in &xattrs {
-                if KERNEL_OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == k.as_slice())
+                if KERNEL_OPAQUE_XATTRS
+                    .iter()
+                    .any(|o| o.as_bytes() == k.as_slice())
                     && v.as_slice() == b"y"
                 {
                     opaque = true;

@@ -56,12 +56,12 @@ use std::path::Path;
 use rustix::fs::{FileType, Stat};
 
 use crate::error::{Result, StorageError};
-use crate::store::layer::Layer;
 use crate::overlay::{WHITEOUT_PREFIX, is_whiteout_device};
 use crate::rootfs::{
-    FileKind, LDir, MetaRules, Metadata, NameClass, errno, for_each_name,
-    is_whiteout_name, layer_root, split_path,
+    FileKind, LDir, MetaRules, Metadata, NameClass, errno, for_each_name, is_whiteout_name,
+    layer_root, split_path,
 };
+use crate::store::layer::Layer;
 
 /// The on-disk form of a whiteout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,7 +154,7 @@ impl LayerFiles {
         StorageError::LayerPath {
             layer: self.layer.clone(),
             path: String::from_utf8_lossy(path).into_owned(),
-            source,
+            error: source,
         }
     }
 

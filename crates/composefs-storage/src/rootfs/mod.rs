@@ -866,7 +866,7 @@ impl RootFs {
         StorageError::ImagePath {
             image: self.image.clone(),
             path: String::from_utf8_lossy(path).into_owned(),
-            source,
+            error: source,
         }
     }
 

@@ -4,9 +4,13 @@
 //! walking parent chains per image (quadratic on deep chains with many images).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::store::layer::MAX_CHAIN;
-use crate::store::storage::Snapshot;
+use crate::store::records::LayerMetadata;
+
+/// Longest parent chain followed before giving up (c/storage itself has no limit, but the
+/// kernel's overlayfs stacks at most a few hundred lowers).
+pub(crate) const MAX_CHAIN: usize = 4096;
 
 /// A layer's position in the forest.
 #[derive(Debug, Clone, Copy)]
@@ -31,9 +35,9 @@ pub(crate) struct Chains {
 }
 
 impl Chains {
-    /// Builds the forest from every layer of the snapshot (first occurrence of each ID).
-    pub(crate) fn new(snap: &Snapshot) -> Chains {
-        let layers = snap.all_layers();
+    /// Builds the forest from every layer of a snapshot (`Snapshot::all_layers`: the first
+    /// occurrence of each ID, with the index of its store).
+    pub(crate) fn new(layers: &[(usize, &Arc<LayerMetadata>)]) -> Chains {
         let mut index = HashMap::with_capacity(layers.len());
         for (i, (_, l)) in layers.iter().enumerate() {
             index.insert(l.id.clone(), i as u32);

@@ -4,36 +4,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use base64::Engine as _;
 use oci_spec::image::{Digest, ImageConfiguration, ImageManifest};
 
 use crate::error::{Result, StorageError};
 use crate::fsutil;
-use crate::store::layer::{Layer, MAX_CHAIN};
+use crate::store::big_data;
+use crate::store::chains::MAX_CHAIN;
+use crate::store::layer::Layer;
 use crate::store::manifest::{Manifest, sha256_digest};
 use crate::store::records::ImageMetadata;
-use crate::store::storage::{ImageStore, Snapshot, Storage};
-
-/// Largest big-data item read into memory (manifests, configs, signatures).
-pub(crate) const MAX_BIG_DATA: u64 = 256 << 20;
-
-/// The file name c/storage stores a big-data item under: the key itself if it consists only
-/// of `.`, `0-9` and `a-z`, otherwise `=` followed by the standard base64 of the key.
-pub fn big_data_file_name(key: &str) -> std::result::Result<String, String> {
-    if key.is_empty() {
-        return Err("empty key".into());
-    }
-    let plain = key
-        .bytes()
-        .all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase());
-    let name = if plain {
-        key.to_string()
-    } else {
-        format!("={}", base64::engine::general_purpose::STANDARD.encode(key))
-    };
-    fsutil::check_component(&name)?;
-    Ok(name)
-}
+use crate::store::state::{ImageStore, Snapshot};
+use crate::store::storage::Storage;
 
 /// An image of the store: a cheap handle on its record, from [`Storage::list_images`],
 /// [`Storage::find_image`] or [`Storage::images_by_digest`]. Its manifest, config and layers
@@ -158,7 +139,7 @@ impl Image {
         let st = self.store();
         fsutil::check_component(self.id())
             .map_err(|m| StorageError::image(self.id(), format!("invalid image ID: {m}")))?;
-        let fname = big_data_file_name(key)
+        let fname = big_data::file_name(key)
             .map_err(|m| StorageError::image(self.id(), format!("big-data key {key:?}: {m}")))?;
         let Some(dir) = &st.images_dir else {
             return Err(StorageError::BigDataNotFound {
@@ -173,17 +154,10 @@ impl Image {
                 message: "it was removed from the store".into(),
             });
         }
-        let rel = Path::new(self.id()).join(&fname);
-        match fsutil::read_file(&dir.dir, &rel, MAX_BIG_DATA) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::BigDataNotFound {
-                    image: self.id().into(),
-                    key: key.into(),
-                })
-            }
-            Err(e) => Err(StorageError::io(dir.path.join(rel), e)),
-        }
+        big_data::read(dir, self.id(), &fname)?.ok_or_else(|| StorageError::BigDataNotFound {
+            image: self.id().into(),
+            key: key.into(),
+        })
     }
 
     fn try_manifest(&self, key: &str) -> Result<Option<Manifest>> {
@@ -420,39 +394,5 @@ impl Image {
     /// The storage this image belongs to.
     pub fn storage(&self) -> &Storage {
         &self.storage
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn big_data_names_like_c_storage() {
-        assert_eq!(big_data_file_name("manifest").unwrap(), "manifest");
-        assert_eq!(
-            big_data_file_name("instances.json").unwrap(),
-            "instances.json"
-        );
-        assert_eq!(
-            big_data_file_name(
-                "sha256:ebbdcbc37bcdb4dabbeb0c42982b950e84d45f62ef940a26dbcefc494ce524f1"
-            )
-            .unwrap(),
-            "=c2hhMjU2OmViYmRjYmMzN2JjZGI0ZGFiYmViMGM0Mjk4MmI5NTBlODRkNDVmNjJlZjk0MGEyNmRiY2VmYzQ5NGNlNTI0ZjE="
-        );
-        assert_eq!(
-            big_data_file_name(
-                "manifest-sha256:095125f5d59791f9b97dd2e3857fb2bcf87b83f72d6a890afa68bc590e26fac7"
-            )
-            .unwrap(),
-            "=bWFuaWZlc3Qtc2hhMjU2OjA5NTEyNWY1ZDU5NzkxZjliOTdkZDJlMzg1N2ZiMmJjZjg3YjgzZjcyZDZhODkwYWZhNjhiYzU5MGUyNmZhYzc="
-        );
-        // Hostile keys: '..' is all-plain characters, a '/' can come out of base64.
-        assert!(big_data_file_name("..").is_err());
-        assert!(big_data_file_name(".").is_err());
-        assert!(big_data_file_name("").is_err());
-        assert_eq!(big_data_file_name("??>").unwrap(), "=Pz8+");
-        assert!(big_data_file_name("???").is_err()); // base64 "Pz8/" has a slash
     }
 }

@@ -10,13 +10,11 @@ use oci_spec::image::Digest;
 
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
-use crate::store::image::Image;
+use crate::store::big_data;
+use crate::store::chains::MAX_CHAIN;
 use crate::store::records::{IdMapping, LayerMetadata};
-use crate::store::storage::{LayerStore, NamedDir, Snapshot, Storage};
-
-/// Longest parent chain followed before giving up (c/storage itself has no limit, but the
-/// kernel's overlayfs stacks at most a few hundred lowers).
-pub(crate) const MAX_CHAIN: usize = 4096;
+use crate::store::state::{LayerStore, NamedDir, Snapshot};
+use crate::store::storage::Storage;
 
 /// The layer big-data key that says how a partially pulled layer is stored.
 const LAYER_DATA_KEY: &str = "zstd-chunked-layer-data";
@@ -266,17 +264,6 @@ impl Layer {
             .users_of(self.id(), &tops)
             .into_iter()
             .map(|i| images[i].1.id.clone())
-            .collect()
-    }
-
-    /// The images whose layer chain contains this layer.
-    pub fn images(&self) -> Vec<Image> {
-        let ids = self.image_ids();
-        self.snap
-            .all_images()
-            .into_iter()
-            .filter(|(_, m)| ids.contains(&m.id))
-            .map(|(si, m)| self.storage.make_image(&self.snap, si, m))
             .collect()
     }
 
@@ -539,24 +526,17 @@ impl Layer {
     /// Reads a layer big-data item (e.g. `zstd-chunked-manifest`).
     pub fn read_big_data(&self, key: &str) -> Result<Vec<u8>> {
         self.check_id()?;
-        let fname = crate::store::image::big_data_file_name(key)
+        let fname = big_data::file_name(key)
             .map_err(|m| StorageError::layer(self.id(), format!("big-data key {key:?}: {m}")))?;
+        let missing = || StorageError::LayerBigDataNotFound {
+            layer: self.id().into(),
+            key: key.into(),
+        };
         let Some(dir) = &self.store().layers_dir else {
-            return Err(StorageError::layer(
-                self.id(),
-                format!("no big-data item {key:?}"),
-            ));
+            return Err(missing());
         };
         let _g = self.store().lock()?;
-        let rel = Path::new(self.id()).join(&fname);
-        match fsutil::read_file(&dir.dir, &rel, crate::store::image::MAX_BIG_DATA) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::layer(
-                self.id(),
-                format!("no big-data item {key:?}"),
-            )),
-            Err(e) => Err(StorageError::io(dir.path.join(rel), e)),
-        }
+        big_data::read(dir, self.id(), &fname)?.ok_or_else(missing)
     }
 }
 

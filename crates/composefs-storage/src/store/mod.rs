@@ -4,6 +4,7 @@
 //! Nothing here writes a tar, merges layers or writes outside the process: those are the
 //! `tar`, `rootfs` and `export` modules, which use this one.
 
+pub(crate) mod big_data;
 pub(crate) mod chains;
 pub mod config;
 pub mod image;
@@ -12,4 +13,5 @@ pub(crate) mod lock;
 pub mod manifest;
 pub(crate) mod records;
 pub mod reference;
+pub(crate) mod state;
 pub mod storage;

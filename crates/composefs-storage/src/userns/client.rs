@@ -71,7 +71,7 @@ fn fd_path(fd: BorrowedFd<'_>) -> Option<PathBuf> {
 
 /// Registers `dir` as a root the helper may open beneath. A no-op unless the program opted in.
 pub(crate) fn register_root(dir: BorrowedFd<'_>) {
-    if !ENABLED.load(Ordering::Relaxed) || super::bypass_cached() {
+    if !ENABLED.load(Ordering::Relaxed) || super::ids::bypass_cached() {
         return;
     }
     let Some(path) = fd_path(dir) else { return };
@@ -160,7 +160,7 @@ pub(crate) fn xattrs_denied(
 
 /// The path of `fd` if the helper may be used at all.
 fn usable(fd: BorrowedFd<'_>) -> Option<PathBuf> {
-    if !ENABLED.load(Ordering::Relaxed) || super::bypass_cached() {
+    if !ENABLED.load(Ordering::Relaxed) || super::ids::bypass_cached() {
         return None;
     }
     fd_path(fd)
@@ -303,9 +303,9 @@ impl Client {
 fn start() -> io::Result<(OwnedFd, Child)> {
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
-    let user = super::user_name(uid);
-    let uid_ranges = super::sub_ids(Path::new("/etc/subuid"), uid, user.as_deref())?;
-    let gid_ranges = super::sub_ids(Path::new("/etc/subgid"), uid, user.as_deref())?;
+    let user = super::ids::user_name(uid);
+    let uid_ranges = super::ids::sub_ids(Path::new("/etc/subuid"), uid, user.as_deref())?;
+    let gid_ranges = super::ids::sub_ids(Path::new("/etc/subgid"), uid, user.as_deref())?;
     let who = match &user {
         Some(n) => format!("user {n} (uid {uid})"),
         None => format!("uid {uid}"),
