@@ -111,6 +111,7 @@
 //! c/storage's order, and never follows a path out of the store.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "composefs")]
@@ -122,6 +123,8 @@ pub mod output;
 mod overlay;
 pub mod rootfs;
 mod store;
+#[allow(unsafe_code)]
+mod sys;
 mod tar;
 pub mod unpack;
 pub mod userns;

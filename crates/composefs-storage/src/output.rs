@@ -376,11 +376,7 @@ fn output_error(path: &Path, message: impl Into<String>) -> StorageError {
 
 /// Duplicates descriptor `fd` of this process as a `File`.
 fn dup_fd(fd: i32, name: &Path) -> Result<File> {
-    // SAFETY: `fd` is only borrowed for the duration of the `dup` call; `fcntl_dupfd_cloexec`
-    // fails with EBADF if it is not open, so no invalid descriptor is used.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let owned: OwnedFd = rustix::io::fcntl_dupfd_cloexec(borrowed, 3)
-        .map_err(|e| StorageError::io(name, e.into()))?;
+    let owned = crate::sys::dup_raw_fd(fd).map_err(|e| StorageError::io(name, e))?;
     Ok(File::from(owned))
 }
 

@@ -216,9 +216,7 @@ pub(crate) enum LDir {
 /// one (hard links share it); the device is 0.
 fn toc_stat(t: &TocTree, n: usize) -> Stat {
     let node = &t.nodes[n];
-    // SAFETY: `Stat` is a plain C struct of integers, for which all-zero bytes are a valid
-    // value.
-    let mut st: Stat = unsafe { std::mem::zeroed() };
+    let mut st = crate::sys::zeroed_stat();
     st.st_mode = (node.kind.as_raw_mode() | node.mode) as _;
     st.st_uid = node.uid as _;
     st.st_gid = node.gid as _;

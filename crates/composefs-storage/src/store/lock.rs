@@ -18,7 +18,7 @@
 //! and released by the last, so nested holders (an operation running while the caller holds a
 //! [`crate::store::storage::ReadGuard`]) do not release each other's lock.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,6 +27,7 @@ use rustix::fs::OFlags;
 
 use crate::error::{Result, StorageError};
 use crate::fsutil;
+use crate::sys::{OfdLock, ofd_lock};
 
 /// Length of the last-write token at the start of each lock file.
 pub(crate) const TOKEN_LEN: usize = 64;
@@ -56,53 +57,14 @@ pub(crate) struct SharedLock {
 /// The result of [`LockFile::lock_shared`]'s token check.
 pub(crate) type Token = Option<Vec<u8>>;
 
-#[derive(Clone, Copy)]
-enum LockOp {
-    Shared,
-    Unlock,
-}
-
-/// Takes or drops an OFD lock over the whole file; `wait` selects `F_OFD_SETLKW`.
-fn ofd_lock(fd: &OwnedFd, op: LockOp, wait: bool) -> std::io::Result<()> {
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = match op {
-        LockOp::Shared => libc::F_RDLCK as libc::c_short,
-        LockOp::Unlock => libc::F_UNLCK as libc::c_short,
-    };
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0;
-    // OFD locks require l_pid == 0 (already zeroed).
-    let cmd = if wait {
-        libc::F_OFD_SETLKW
-    } else {
-        libc::F_OFD_SETLK
-    };
-    loop {
-        // SAFETY: `fd` is an open descriptor owned by the caller for the whole call, and `fl`
-        // is a valid, initialized `struct flock` that lives across the call. rustix offers only
-        // classic (process-owned) record locks and flock, so libc is needed for F_OFD_SETLK(W).
-        let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
-        if r == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        return Err(err);
-    }
-}
-
 /// Classic POSIX record lock fallback for kernels without OFD locks.
-fn classic_lock(fd: &OwnedFd, op: LockOp, wait: bool) -> std::io::Result<()> {
+fn classic_lock(fd: &OwnedFd, op: OfdLock, wait: bool) -> std::io::Result<()> {
     use rustix::fs::FlockOperation;
     // rustix's fcntl_lock maps these onto F_SETLK(W) with F_RDLCK/F_UNLCK over the whole file.
     let op = match (op, wait) {
-        (LockOp::Shared, true) => FlockOperation::LockShared,
-        (LockOp::Shared, false) => FlockOperation::NonBlockingLockShared,
-        (LockOp::Unlock, _) => FlockOperation::Unlock,
+        (OfdLock::Shared, true) => FlockOperation::LockShared,
+        (OfdLock::Shared, false) => FlockOperation::NonBlockingLockShared,
+        (OfdLock::Unlock, _) => FlockOperation::Unlock,
     };
     loop {
         match rustix::fs::fcntl_lock(fd, op) {
@@ -113,8 +75,8 @@ fn classic_lock(fd: &OwnedFd, op: LockOp, wait: bool) -> std::io::Result<()> {
     }
 }
 
-fn set_lock(fd: &OwnedFd, op: LockOp, wait: bool) -> std::io::Result<()> {
-    match ofd_lock(fd, op, wait) {
+fn set_lock(fd: &OwnedFd, op: OfdLock, wait: bool) -> std::io::Result<()> {
+    match ofd_lock(fd.as_fd(), op, wait) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => classic_lock(fd, op, wait),
         r => r,
     }
@@ -177,13 +139,13 @@ impl LockFile {
                 st.fd = self.open_fd()?;
             }
             if let Some(fd) = &st.fd {
-                match set_lock(fd, LockOp::Shared, false) {
+                match set_lock(fd, OfdLock::Shared, false) {
                     Ok(()) => {}
                     Err(e)
                         if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) =>
                     {
                         log::info!("waiting for a writer to release {}", self.display.display());
-                        set_lock(fd, LockOp::Shared, true)
+                        set_lock(fd, OfdLock::Shared, true)
                             .map_err(|e| StorageError::io(&self.display, e))?;
                     }
                     Err(e) => return Err(StorageError::io(&self.display, e)),
@@ -232,7 +194,7 @@ impl Drop for SharedLock {
         st.holders = st.holders.saturating_sub(1);
         if st.holders == 0 {
             if let Some(fd) = &st.fd {
-                if let Err(e) = set_lock(fd, LockOp::Unlock, false) {
+                if let Err(e) = set_lock(fd, OfdLock::Unlock, false) {
                     log::warn!("{}: unlocking failed: {e}", self.file.display.display());
                 }
             }

@@ -45,14 +45,13 @@ pub(crate) fn serve(parent: &str) -> ! {
     let stdin = io::stdin();
     let sock = stdin.as_fd();
 
-    // SAFETY: only a new user namespace is requested, not `CLONE_FILES` or `CLONE_FS`, so no
-    // state shared with other threads changes; and this runs first thing in a freshly started
-    // single-threaded process (the embedding program calls `init` at the top of `main`).
-    if let Err(e) = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) }
-    {
+    if let Err(e) = crate::sys::unshare_user_namespace() {
         let _ = proto::send(
             sock,
-            &proto::error_reply(e.raw_os_error(), "cannot create a user namespace"),
+            &proto::error_reply(
+                e.raw_os_error().unwrap_or(libc::EINVAL),
+                "cannot create a user namespace",
+            ),
             None,
         );
         std::process::exit(1);
