@@ -20,7 +20,7 @@ pub fn tar_split_stream(data: &[u8]) {
                 }
             }
             Ok(Some(Raw::File { name, size, .. })) => {
-                let _ = crate::tar::tar_split::content_path(name);
+                let _ = crate::tar::names::content_path(name);
                 let _ = headers.take(size);
             }
             Ok(None) | Err(_) => return,

@@ -43,7 +43,8 @@ use rustix::io::Errno;
 use crate::error::{Result, StorageError};
 use crate::rootfs::{FileKind, Metadata, RootFs, Source};
 use crate::store::image::Image;
-use crate::tar::tar_split::{Raw, TarSplitReader, content_path, gz_reader};
+use crate::tar::names::content_path;
+use crate::tar::tar_split::{Raw, TarSplitReader, gz_reader};
 
 /// The extended attribute `umoci --rootless` records an unsettable owner in.
 pub const ROOTLESS_XATTR: &str = "user.rootlesscontainers";

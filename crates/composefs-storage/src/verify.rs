@@ -463,7 +463,7 @@ fn split_path(p: &[u8]) -> (&[u8], &[u8]) {
 /// A tar name as c/storage extracts it: cleaned, inside the layer (`/x` is `x`); `None` for
 /// the layer's root.
 fn layer_path(name: &[u8]) -> Option<Vec<u8>> {
-    let c = crate::tar::tar_split::clean_name(name);
+    let c = crate::tar::names::clean_name(name);
     let start = c.iter().position(|&b| b != b'/').unwrap_or(c.len());
     let c = c[start..].to_vec();
     (!c.is_empty() && c != b".").then_some(c)

@@ -3,5 +3,6 @@
 //! and written with Go's exact bytes.
 
 pub mod header;
+pub(crate) mod names;
 pub mod tar_split;
 pub(crate) mod toc;

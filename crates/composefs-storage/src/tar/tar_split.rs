@@ -9,6 +9,7 @@
 //! check that tar-split itself makes).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
@@ -26,6 +27,8 @@ use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
 use crate::store::layer::Layer;
 use crate::store::lock::SharedLock;
+use crate::tar::names::{clean_name_into, content_path};
+use crate::tar::toc;
 
 pub use crate::tar::header::{EntryType, HeaderStream, TarHeader};
 
@@ -64,78 +67,6 @@ pub(crate) enum Raw<'a> {
 /// the ISO table), computed with SIMD instructions where the CPU has them.
 pub fn crc64_go_iso(data: &[u8]) -> u64 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, data)
-}
-
-/// Lexical path cleaning with Go's `path.Clean` rules, on bytes.
-pub(crate) fn clean_name(name: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len() + 1);
-    clean_name_into(name, &mut out);
-    out
-}
-
-/// [`clean_name`] into a reused buffer.
-pub(crate) fn clean_name_into(name: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    if name.is_empty() {
-        out.push(b'.');
-        return;
-    }
-    // Fast path: already clean (no empty, "." or ".." components, no trailing slash).
-    if name[name.len() - 1] != b'/'
-        && !name
-            .split(|&c| c == b'/')
-            .enumerate()
-            .any(|(i, c)| (c.is_empty() && i > 0) || c == b"." || c == b"..")
-    {
-        out.extend_from_slice(name);
-        return;
-    }
-    let rooted = name[0] == b'/';
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for comp in name.split(|&c| c == b'/') {
-        match comp {
-            b"" | b"." => {}
-            b".." => {
-                if matches!(parts.last(), Some(p) if *p != b"..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push(comp);
-                }
-            }
-            c => parts.push(c),
-        }
-    }
-    if rooted {
-        out.push(b'/');
-    }
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b'/');
-        }
-        out.extend_from_slice(p);
-    }
-    if out.is_empty() {
-        out.push(b'.');
-    }
-}
-
-/// The path, relative to a layer's diff directory, that holds the content of tar member
-/// `name`; `Err` if the name climbs out of the directory. Absolute names are resolved inside
-/// the layer, as c/storage's `filepath.Join(diffDir, name)` does when it extracts and reads
-/// them.
-pub(crate) fn content_path(name: &[u8]) -> std::result::Result<PathBuf, String> {
-    let c = clean_name(name);
-    let rel: &[u8] = if c[0] == b'/' { &c[1..] } else { &c };
-    if rel == b".." || rel.starts_with(b"../") {
-        return Err("the name climbs out of the layer directory".into());
-    }
-    if rel.contains(&0) {
-        return Err("the name contains a NUL byte".into());
-    }
-    if rel.is_empty() || rel == b"." {
-        return Ok(PathBuf::from("."));
-    }
-    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(rel)))
 }
 
 /// Streaming reader of a tar-split file.
@@ -350,68 +281,14 @@ pub(crate) struct FileGetter {
     from_lower: Option<usize>,
 }
 
-#[derive(Deserialize)]
-struct Toc {
-    #[serde(default)]
-    entries: Vec<TocEntry>,
-}
-
-#[derive(Deserialize)]
-struct TocEntry {
-    #[serde(rename = "type", default)]
-    ty: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    digest: String,
-}
-
-/// The content map of a layer in the flat format (`zstd-chunked-layer-data` says
-/// `{"format":1}`, as composefs-backed stores write): regular files are stored in `diff/`
-/// under their sha256 (`<2 hex>/<62 hex>`), and the table of contents in the layer's
-/// `zstd-chunked-manifest` big data maps member names to those digests.
-fn flat_map(layer: &Layer) -> Result<Option<std::collections::HashMap<PathBuf, String>>> {
-    #[derive(Deserialize)]
-    struct LayerData {
-        #[serde(default)]
-        format: i64,
-    }
-    let flat = match layer.read_big_data("zstd-chunked-layer-data") {
-        Ok(b) => serde_json::from_slice::<LayerData>(&b)
-            .map(|d| d.format == 1)
-            .unwrap_or(false),
-        Err(StorageError::Layer { .. }) => false,
-        Err(e) => return Err(e),
-    };
-    if !flat {
+/// For a layer stored flat (`zstd-chunked-layer-data` big data `{"format":1}`, as
+/// composefs-backed stores write it): where each regular file's content is, from the table of
+/// contents ([`toc::content_digests`]). `None` for other layers.
+fn flat_map(layer: &Layer) -> Result<Option<HashMap<PathBuf, String>>> {
+    if !layer.is_flat()? {
         return Ok(None);
     }
-    let toc = layer.read_big_data("zstd-chunked-manifest")?;
-    let toc: Toc = serde_json::from_slice(&toc).map_err(|e| {
-        StorageError::layer(
-            layer.id(),
-            format!("zstd-chunked-manifest (table of contents) is not valid: {e}"),
-        )
-    })?;
-    let mut map = std::collections::HashMap::new();
-    for e in toc.entries {
-        if e.ty != "reg" {
-            continue;
-        }
-        let Some(hex) = e.digest.strip_prefix("sha256:") else {
-            continue;
-        };
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StorageError::layer(
-                layer.id(),
-                format!("table of contents has an invalid digest {:?}", e.digest),
-            ));
-        }
-        if let Ok(p) = content_path(e.name.as_bytes()) {
-            map.insert(p, hex.to_ascii_lowercase());
-        }
-    }
-    Ok(Some(map))
+    toc::content_digests(layer).map(Some)
 }
 
 impl FileGetter {
@@ -846,6 +723,7 @@ impl Iterator for LayerEntries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tar::names::clean_name;
     use std::io::Cursor;
 
     fn reader(s: &str) -> TarSplitReader<Cursor<Vec<u8>>> {

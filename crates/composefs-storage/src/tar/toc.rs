@@ -9,6 +9,7 @@
 //! own get mode 0755, owner 0:0 and time 0, as composefs records them.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use crate::error::{Result, StorageError};
 use crate::fsutil::{self, Follow};
 use crate::store::layer::Layer;
+use crate::tar::names::content_path;
 
 /// Most entries accepted in one table of contents.
 const MAX_ENTRIES: usize = 1 << 22;
@@ -125,6 +127,35 @@ fn clean(name: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
 
 fn num<T: TryFrom<i64>>(v: i64, what: &str, name: &str) -> std::result::Result<T, String> {
     T::try_from(v).map_err(|_| format!("entry {name:?}: {what} {v} is out of range"))
+}
+
+/// Where the content of each regular file of a flat layer is: its sha256 (lowercase hex, the
+/// name of `diff/<2>/<62>`) by the member's path beneath `diff/` ([`content_path`]).
+pub(crate) fn content_digests(layer: &Layer) -> Result<HashMap<PathBuf, String>> {
+    let raw = layer.read_big_data("zstd-chunked-manifest")?;
+    let bad = |m: String| {
+        StorageError::layer(
+            layer.id(),
+            format!("zstd-chunked-manifest (table of contents) is not valid: {m}"),
+        )
+    };
+    let toc: RawToc = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+    let mut map = HashMap::new();
+    for e in toc.entries {
+        if e.ty != "reg" {
+            continue;
+        }
+        let Some(hex) = e.digest.strip_prefix("sha256:") else {
+            continue;
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("invalid digest {:?}", e.digest)));
+        }
+        if let Ok(p) = content_path(e.name.as_bytes()) {
+            map.insert(p, hex.to_ascii_lowercase());
+        }
+    }
+    Ok(map)
 }
 
 impl TocTree {
