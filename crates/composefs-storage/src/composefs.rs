@@ -51,7 +51,8 @@ use ::composefs::tree::{Directory, FileSystem, Inode, LeafContent, RegularFile, 
 use crate::error::{Result, StorageError};
 use crate::store::image::Image;
 use crate::store::layer::Layer;
-use crate::tar::header::{EntryType, HeaderStream, TarHeader};
+use crate::tar::header::{EntryType, TarHeader};
+use crate::tar::stream::HeaderStream;
 use crate::tar::tar_split::{FileGetter, Raw, TarSplitReader, gz_reader, open_locked};
 
 /// Regular files of at most this many bytes are stored inline in the EROFS image; larger

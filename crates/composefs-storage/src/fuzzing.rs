@@ -10,7 +10,7 @@ use crate::tar::tar_split::{Raw, TarSplitReader};
 /// to a tar header parser as the listing does.
 pub fn tar_split_stream(data: &[u8]) {
     let mut r = TarSplitReader::new(Cursor::new(data), "fuzz");
-    let mut headers = crate::tar::header::HeaderStream::new();
+    let mut headers = crate::tar::stream::HeaderStream::new();
     for _ in 0..100_000 {
         match r.next_raw() {
             Ok(Some(Raw::Segment(b))) => {
@@ -33,14 +33,14 @@ pub fn tar_header(data: &[u8]) {
     if let Ok(h) = crate::tar::header::TarHeader::from_bytes(data) {
         // Whatever parses must encode and parse back to the same path.
         let b = h.to_bytes();
-        let mut s = crate::tar::header::HeaderStream::new();
+        let mut s = crate::tar::stream::HeaderStream::new();
         if s.push(&b).is_ok() {
             if let Some(back) = s.take(0) {
                 assert_eq!(back.path, h.path, "header path round trip");
             }
         }
     }
-    let mut s = crate::tar::header::HeaderStream::new();
+    let mut s = crate::tar::stream::HeaderStream::new();
     for chunk in data.chunks(97) {
         if s.push(chunk).is_err() {
             return;

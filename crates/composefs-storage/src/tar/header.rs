@@ -1,21 +1,28 @@
 //! Tar headers: parsing the 512-byte blocks found in tar-split segments (v7, ustar, GNU, PAX),
 //! and writing them (for layers that have to be generated from their `diff` directory).
 //!
-//! Parsing is sans-IO: [`TarHeader::from_bytes`] reads one block; [`HeaderStream`] consumes a
-//! tar byte stream from which file contents have been removed (exactly what tar-split's
-//! segments are) and yields complete entries with PAX and GNU long-name records applied.
+//! Parsing is sans-IO: [`TarHeader::from_bytes`] reads one block; the stream parser (the
+//! `stream` module) consumes a tar byte stream from which file contents have been removed
+//! (exactly what tar-split's segments are) and yields complete entries with PAX and GNU
+//! long-name records applied.
+//!
+//! Writing stays hand-written rather than going through a tar crate: a generated diff must
+//! equal `containers-storage diff -u` byte for byte, which takes Go's `archive/tar` choices
+//! (when PAX records are written and in which order, GNU vs ustar fields, the checksum's
+//! format), not just a valid tar.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Result, StorageError};
+use crate::tar::pax::{parse_pax_time, pax_record};
 
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
 /// Largest PAX or GNU long-name record accepted (Go's `maxSpecialFileSize`).
-const MAX_SPECIAL: u64 = 1 << 20;
+pub(crate) const MAX_SPECIAL: u64 = 1 << 20;
 
-fn herr(msg: impl Into<String>) -> StorageError {
+pub(crate) fn herr(msg: impl Into<String>) -> StorageError {
     StorageError::TarHeader(msg.into())
 }
 
@@ -191,7 +198,7 @@ fn ser_xattrs<S: serde::Serializer>(
 
 /// Parses an octal field as Go's `parseOctal` does: leading/trailing spaces and NULs are
 /// ignored, an empty field is 0.
-fn parse_octal(f: &[u8]) -> Result<u64> {
+pub(crate) fn parse_octal(f: &[u8]) -> Result<u64> {
     let s = trim(f);
     if s.is_empty() {
         return Ok(0);
@@ -212,7 +219,7 @@ fn parse_octal(f: &[u8]) -> Result<u64> {
     Ok(v)
 }
 
-fn trim(f: &[u8]) -> &[u8] {
+pub(crate) fn trim(f: &[u8]) -> &[u8] {
     let is_pad = |c: &u8| *c == b' ' || *c == 0;
     let start = f.iter().position(|c| !is_pad(c)).unwrap_or(f.len());
     let end = f
@@ -225,7 +232,7 @@ fn trim(f: &[u8]) -> &[u8] {
 
 /// Parses a numeric field: base-256 (GNU/star, two's complement, high bit of the first byte
 /// set) or octal.
-fn parse_numeric(f: &[u8]) -> Result<i64> {
+pub(crate) fn parse_numeric(f: &[u8]) -> Result<i64> {
     if !f.is_empty() && f[0] & 0x80 != 0 {
         let negative = f[0] & 0x40 != 0;
         let inv: u8 = if negative { 0xff } else { 0 };
@@ -250,12 +257,12 @@ fn parse_numeric(f: &[u8]) -> Result<i64> {
     i64::try_from(v).map_err(|_| herr("number overflows"))
 }
 
-fn parse_unsigned(f: &[u8], what: &str) -> Result<u64> {
+pub(crate) fn parse_unsigned(f: &[u8], what: &str) -> Result<u64> {
     let v = parse_numeric(f)?;
     u64::try_from(v).map_err(|_| herr(format!("negative {what}")))
 }
 
-fn cstr(f: &[u8]) -> &[u8] {
+pub(crate) fn cstr(f: &[u8]) -> &[u8] {
     match f.iter().position(|&c| c == 0) {
         Some(i) => &f[..i],
         None => f,
@@ -382,7 +389,7 @@ impl TarHeader {
         ) && self.size > 0
     }
 
-    fn apply_pax(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    pub(crate) fn apply_pax(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
         for (k, v) in records {
             let vs = || String::from_utf8_lossy(v);
             let num = |what: &str| -> Result<u64> {
@@ -428,282 +435,10 @@ pub fn padding(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
 }
 
-/// Parses a PAX time (`1700000000.123456789`, possibly negative) into seconds and nanos.
-fn parse_pax_time(v: &[u8]) -> Result<(i64, u32)> {
-    let s = std::str::from_utf8(v).map_err(|_| herr("PAX time is not ASCII"))?;
-    let bad = || herr(format!("invalid PAX time {s:?}"));
-    let (neg, s2) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
-    };
-    let (secs, frac) = match s2.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (s2, ""),
-    };
-    if secs.is_empty()
-        || !secs.bytes().all(|c| c.is_ascii_digit())
-        || !frac.bytes().all(|c| c.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    let secs: i64 = secs.parse().map_err(|_| bad())?;
-    let mut nanos: u32 = 0;
-    for (i, c) in frac.bytes().take(9).enumerate() {
-        nanos += u32::from(c - b'0') * 10u32.pow(8 - i as u32);
-    }
-    if neg {
-        // -1.5 means 1.5 seconds before the epoch.
-        if nanos > 0 {
-            Ok((-secs - 1, 1_000_000_000 - nanos))
-        } else {
-            Ok((-secs, 0))
-        }
-    } else {
-        Ok((secs, nanos))
-    }
-}
-
-/// Parses PAX extended header data: `"<len> <key>=<value>\n"` records.
-pub fn parse_pax_records(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    // Trailing NULs pad some writers' records.
-    while let Some(&0) = data.last() {
-        data = &data[..data.len() - 1];
-    }
-    while !data.is_empty() {
-        let sp = data
-            .iter()
-            .position(|&c| c == b' ')
-            .ok_or_else(|| herr("PAX record without a length"))?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| herr("invalid PAX record length"))?;
-        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err(herr("malformed PAX record"));
-        }
-        let rec = &data[sp + 1..len - 1];
-        let eq = rec
-            .iter()
-            .position(|&c| c == b'=')
-            .ok_or_else(|| herr("PAX record without '='"))?;
-        if eq == 0 {
-            return Err(herr("PAX record with an empty key"));
-        }
-        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
-        data = &data[len..];
-    }
-    Ok(out)
-}
-
-#[derive(Debug)]
-enum State {
-    /// Expecting a header block.
-    Header,
-    /// Collecting the data of a meta record (PAX or GNU long name/link).
-    Meta {
-        kind: EntryType,
-        remaining: u64,
-        pad: u64,
-        data: Vec<u8>,
-    },
-    /// Skipping the padding after an entry's content.
-    Skip(u64),
-    /// Saw one zero block.
-    OneZero,
-    /// After the end-of-archive marker: everything else is trailing bytes.
-    End,
-}
-
-/// Consumes a tar stream whose file contents were cut out (the concatenated segments of a
-/// tar-split) and produces each entry's complete header.
-#[derive(Debug)]
-pub struct HeaderStream {
-    state: State,
-    buf: Vec<u8>,
-    pax_local: Vec<(Vec<u8>, Vec<u8>)>,
-    pax_global: Vec<(Vec<u8>, Vec<u8>)>,
-    long_name: Option<Vec<u8>>,
-    long_link: Option<Vec<u8>>,
-    ready: Option<TarHeader>,
-}
-
-impl Default for HeaderStream {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl HeaderStream {
-    /// A parser at the start of an archive.
-    pub fn new() -> Self {
-        HeaderStream {
-            state: State::Header,
-            buf: Vec::with_capacity(BLOCK),
-            pax_local: Vec::new(),
-            pax_global: Vec::new(),
-            long_name: None,
-            long_link: None,
-            ready: None,
-        }
-    }
-
-    /// True once the end-of-archive marker (two zero blocks) was seen.
-    pub fn at_end(&self) -> bool {
-        matches!(self.state, State::End)
-    }
-
-    /// Feeds stream bytes. Fails if a second entry header completes before the previous one
-    /// was taken with [`HeaderStream::take`], or on malformed headers.
-    pub fn push(&mut self, mut bytes: &[u8]) -> Result<()> {
-        while !bytes.is_empty() {
-            match &mut self.state {
-                State::End => return Ok(()),
-                State::Skip(n) => {
-                    let k = (*n).min(bytes.len() as u64) as usize;
-                    bytes = &bytes[k..];
-                    *n -= k as u64;
-                    if *n == 0 {
-                        self.state = State::Header;
-                    }
-                }
-                State::Meta {
-                    kind,
-                    remaining,
-                    pad,
-                    data,
-                } => {
-                    if *remaining > 0 {
-                        let k = (*remaining).min(bytes.len() as u64) as usize;
-                        data.extend_from_slice(&bytes[..k]);
-                        bytes = &bytes[k..];
-                        *remaining -= k as u64;
-                        continue;
-                    }
-                    if *pad > 0 {
-                        let k = (*pad).min(bytes.len() as u64) as usize;
-                        bytes = &bytes[k..];
-                        *pad -= k as u64;
-                        continue;
-                    }
-                    let kind = *kind;
-                    let data = std::mem::take(data);
-                    self.state = State::Header;
-                    self.finish_meta(kind, data)?;
-                }
-                State::Header | State::OneZero => {
-                    let need = BLOCK - self.buf.len();
-                    let k = need.min(bytes.len());
-                    self.buf.extend_from_slice(&bytes[..k]);
-                    bytes = &bytes[k..];
-                    if self.buf.len() == BLOCK {
-                        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
-                        self.header_block(&block)?;
-                    }
-                }
-            }
-        }
-        // A meta record whose data and padding ended exactly at the end of these bytes.
-        if let State::Meta {
-            remaining: 0,
-            pad: 0,
-            ..
-        } = self.state
-        {
-            if let State::Meta { kind, data, .. } =
-                std::mem::replace(&mut self.state, State::Header)
-            {
-                self.finish_meta(kind, data)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_meta(&mut self, kind: EntryType, data: Vec<u8>) -> Result<()> {
-        match kind {
-            EntryType::PaxLocal => self.pax_local.extend(parse_pax_records(&data)?),
-            EntryType::PaxGlobal => self.pax_global.extend(parse_pax_records(&data)?),
-            EntryType::GnuLongName => self.long_name = Some(cstr(&data).to_vec()),
-            EntryType::GnuLongLink => self.long_link = Some(cstr(&data).to_vec()),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn header_block(&mut self, block: &[u8]) -> Result<()> {
-        if block.iter().all(|&c| c == 0) {
-            self.state = match self.state {
-                State::OneZero => State::End,
-                _ => State::OneZero,
-            };
-            return Ok(());
-        }
-        if matches!(self.state, State::OneZero) {
-            return Err(herr("a single zero block in the middle of the archive"));
-        }
-        let mut h = TarHeader::from_bytes(block)?;
-        if h.entry_type.is_meta() {
-            if h.size > MAX_SPECIAL {
-                return Err(herr(format!(
-                    "extension record of {} bytes is too large",
-                    h.size
-                )));
-            }
-            self.state = State::Meta {
-                kind: h.entry_type,
-                remaining: h.size,
-                pad: padding(h.size),
-                data: Vec::with_capacity(h.size as usize),
-            };
-            return Ok(());
-        }
-        if self.ready.is_some() {
-            return Err(herr("two entry headers without a file entry between them"));
-        }
-        if !self.pax_global.is_empty() {
-            let g = self.pax_global.clone();
-            h.apply_pax(&g)?;
-        }
-        if let Some(n) = self.long_name.take() {
-            h.path = n;
-        }
-        if let Some(l) = self.long_link.take() {
-            h.link_target = l;
-        }
-        let local = std::mem::take(&mut self.pax_local);
-        h.apply_pax(&local)?;
-        if h.entry_type == EntryType::Regular
-            && h.path.ends_with(b"/")
-            && h.format == HeaderFormat::V7
-        {
-            h.entry_type = EntryType::Directory;
-        }
-        self.ready = Some(h);
-        Ok(())
-    }
-
-    /// Takes the header of the entry whose content comes next; the parser then skips the
-    /// padding that follows `content_len` bytes of content (which are not in the stream).
-    pub fn take(&mut self, content_len: u64) -> Option<TarHeader> {
-        let h = self.ready.take()?;
-        let pad = padding(content_len);
-        if pad > 0 {
-            self.state = State::Skip(pad);
-        }
-        Some(h)
-    }
-
-    /// The header parsed so far but not yet taken.
-    pub fn peek(&self) -> Option<&TarHeader> {
-        self.ready.as_ref()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Writing headers (for tars generated from a diff directory).
 
-fn put_octal(field: &mut [u8], v: u64) -> bool {
+pub(crate) fn put_octal(field: &mut [u8], v: u64) -> bool {
     // Width-1 digits plus a NUL.
     let digits = field.len() - 1;
     let s = format!("{v:0digits$o}");
@@ -715,7 +450,7 @@ fn put_octal(field: &mut [u8], v: u64) -> bool {
     true
 }
 
-fn put_str(field: &mut [u8], v: &[u8]) -> bool {
+pub(crate) fn put_str(field: &mut [u8], v: &[u8]) -> bool {
     if v.len() > field.len() {
         return false;
     }
@@ -723,29 +458,20 @@ fn put_str(field: &mut [u8], v: &[u8]) -> bool {
     true
 }
 
-fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    // The length counts itself.
-    let base = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = base + base.to_string().len();
-    if len.to_string().len() != base.to_string().len() {
-        len = base + len.to_string().len();
-    }
-    out.extend_from_slice(len.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-}
-
-fn finish_checksum(b: &mut [u8; BLOCK]) {
+pub(crate) fn finish_checksum(b: &mut [u8; BLOCK]) {
     b[148..156].fill(b' ');
     let sum: u32 = b.iter().map(|&c| u32::from(c)).sum();
     let s = format!("{sum:06o}\0 ");
     b[148..156].copy_from_slice(s.as_bytes());
 }
 
-fn ustar_block(h: &TarHeader, name: &[u8], prefix: &[u8], link: &[u8], flag: u8) -> [u8; BLOCK] {
+pub(crate) fn ustar_block(
+    h: &TarHeader,
+    name: &[u8],
+    prefix: &[u8],
+    link: &[u8],
+    flag: u8,
+) -> [u8; BLOCK] {
     let mut b = [0u8; BLOCK];
     put_str(&mut b[0..100], name);
     put_octal(&mut b[100..108], u64::from(h.mode & 0o7777777));
@@ -776,7 +502,7 @@ fn ustar_block(h: &TarHeader, name: &[u8], prefix: &[u8], link: &[u8], flag: u8)
 }
 
 /// Splits a path into ustar prefix and name fields, if it fits.
-fn split_ustar(p: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_ustar(p: &[u8]) -> Option<(&[u8], &[u8])> {
     if p.len() <= 100 {
         return Some((&[], p));
     }
@@ -874,177 +600,5 @@ impl TarHeader {
             self.entry_type.flag(),
         ));
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn block(f: impl FnOnce(&mut [u8; 512])) -> [u8; 512] {
-        let mut b = [0u8; 512];
-        f(&mut b);
-        finish_checksum(&mut b);
-        b
-    }
-
-    #[test]
-    fn ustar_roundtrip_and_prefix() {
-        let mut h = TarHeader::new(
-            format!("{}/{}", "d".repeat(120), "f".repeat(90)),
-            EntryType::Regular,
-        );
-        h.mode = 0o644;
-        h.uid = 1000;
-        h.gid = 100;
-        h.size = 12345;
-        h.mtime = 1_700_000_000;
-        h.uname = b"user".to_vec();
-        let bytes = h.to_bytes();
-        assert_eq!(bytes.len(), 512, "fits ustar with a prefix");
-        let p = TarHeader::from_bytes(&bytes).unwrap();
-        assert_eq!(p.path, h.path);
-        assert_eq!(
-            (p.mode, p.uid, p.gid, p.size, p.mtime),
-            (0o644, 1000, 100, 12345, 1_700_000_000)
-        );
-        assert_eq!(p.format, HeaderFormat::Ustar);
-    }
-
-    #[test]
-    fn pax_for_what_ustar_cannot_hold() {
-        let mut h = TarHeader::new(vec![b'x'; 300], EntryType::Symlink);
-        h.link_target = vec![b'y'; 200];
-        h.uid = 1 << 32;
-        h.mtime = -5;
-        h.xattrs.push((b"user.k".to_vec(), b"v\0w".to_vec()));
-        let bytes = h.to_bytes();
-        let mut s = HeaderStream::new();
-        s.push(&bytes).unwrap();
-        let p = s.take(0).unwrap();
-        assert_eq!(p.path, h.path);
-        assert_eq!(p.link_target, h.link_target);
-        assert_eq!(p.uid, 1 << 32);
-        assert_eq!(p.mtime, -5);
-        assert_eq!(p.xattrs, h.xattrs);
-        assert!(p.pax);
-    }
-
-    #[test]
-    fn numbers() {
-        assert_eq!(parse_numeric(b"0000644\0").unwrap(), 0o644);
-        assert_eq!(parse_numeric(b"  644 \0").unwrap(), 0o644);
-        assert_eq!(parse_numeric(b"\0\0\0").unwrap(), 0);
-        // base-256
-        assert_eq!(parse_numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1]).unwrap(), 1);
-        assert_eq!(
-            parse_numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]).unwrap(),
-            1 << 32
-        );
-        assert_eq!(parse_numeric(&[0xff; 12]).unwrap(), -1);
-        assert!(
-            parse_numeric(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err()
-        );
-        assert!(parse_numeric(b"0009").is_err());
-        assert!(parse_octal(b"77777777777777777777777").is_err());
-    }
-
-    #[test]
-    fn pax_times() {
-        assert_eq!(
-            parse_pax_time(b"1700000000.5").unwrap(),
-            (1_700_000_000, 500_000_000)
-        );
-        assert_eq!(
-            parse_pax_time(b"1700000000.123456789123").unwrap(),
-            (1_700_000_000, 123_456_789)
-        );
-        assert_eq!(parse_pax_time(b"-1.5").unwrap(), (-2, 500_000_000));
-        assert!(parse_pax_time(b"1.2.3").is_err());
-        assert!(parse_pax_time(b"").is_err());
-    }
-
-    #[test]
-    fn pax_records() {
-        let r = parse_pax_records(b"18 path=some/path\n13 uid=12345\n").unwrap();
-        assert_eq!(r[0], (b"path".to_vec(), b"some/path".to_vec()));
-        assert_eq!(r[1], (b"uid".to_vec(), b"12345".to_vec()));
-        for bad in [
-            &b"5 a=b\n"[..],
-            b"x path=a\n",
-            b"100 path=a\n",
-            b"7 path\n",
-            b"6 =ab\n",
-        ] {
-            assert!(
-                parse_pax_records(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn checksum_and_garbage() {
-        let mut b = block(|b| {
-            b[..4].copy_from_slice(b"name");
-            b[156] = b'0';
-        });
-        assert!(TarHeader::from_bytes(&b).is_ok());
-        b[0] = b'N';
-        assert!(
-            TarHeader::from_bytes(&b)
-                .unwrap_err()
-                .to_string()
-                .contains("checksum")
-        );
-        assert!(TarHeader::from_bytes(&[0u8; 100]).is_err());
-        assert!(TarHeader::from_bytes(&[0u8; 512]).is_err());
-        assert!(TarHeader::from_bytes(&[0xffu8; 512]).is_err());
-    }
-
-    #[test]
-    fn gnu_long_name_split_across_pushes() {
-        let long = vec![b'n'; 700];
-        let mut ln = TarHeader::new(b"././@LongLink".to_vec(), EntryType::GnuLongName);
-        ln.size = long.len() as u64 + 1;
-        let mut stream = ustar_block(&ln, b"././@LongLink", &[], &[], b'L').to_vec();
-        stream.extend_from_slice(&long);
-        stream.push(0);
-        stream.resize(stream.len() + padding(ln.size) as usize, 0);
-        let mut h = TarHeader::new(b"short".to_vec(), EntryType::Regular);
-        h.size = 3;
-        stream.extend_from_slice(&h.to_bytes());
-        let mut s = HeaderStream::new();
-        for chunk in stream.chunks(7) {
-            s.push(chunk).unwrap();
-        }
-        let got = s.take(3).unwrap();
-        assert_eq!(got.path, long);
-        assert_eq!(got.size, 3);
-        // Padding of the 3-byte content, then the end marker.
-        s.push(&[0u8; 509]).unwrap();
-        s.push(&[0u8; 1024]).unwrap();
-        assert!(s.at_end());
-        s.push(b"trailing garbage is ignored").unwrap();
-    }
-
-    #[test]
-    fn two_headers_without_file_entry_is_an_error() {
-        let h = TarHeader::new(b"a".to_vec(), EntryType::Directory).to_bytes();
-        let mut s = HeaderStream::new();
-        s.push(&h).unwrap();
-        assert!(s.push(&h).is_err());
-    }
-
-    #[test]
-    fn v7_directory_by_slash() {
-        let b = block(|b| {
-            b[..4].copy_from_slice(b"dir/");
-            b[100..107].copy_from_slice(b"0000755");
-        });
-        let h = TarHeader::from_bytes(&b).unwrap();
-        assert_eq!(h.format, HeaderFormat::V7);
-        assert_eq!(h.entry_type, EntryType::Directory);
     }
 }

@@ -4,5 +4,7 @@
 
 pub mod header;
 pub(crate) mod names;
+pub(crate) mod pax;
+pub(crate) mod stream;
 pub mod tar_split;
 pub(crate) mod toc;

@@ -30,7 +30,8 @@ use crate::store::lock::SharedLock;
 use crate::tar::names::{clean_name_into, content_path};
 use crate::tar::toc;
 
-pub use crate::tar::header::{EntryType, HeaderStream, TarHeader};
+pub use crate::tar::header::{EntryType, TarHeader};
+use crate::tar::stream::HeaderStream;
 
 /// Longest line accepted (a segment payload is at most 1 MiB, 1.4 MB in base64).
 const MAX_LINE: usize = 16 << 20;
