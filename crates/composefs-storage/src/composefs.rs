@@ -119,10 +119,7 @@ pub fn build_from_layers<H: FsVerityHashValue>(
     layers: &[Layer],
     options: &BuildOptions<'_, H>,
 ) -> Result<FileSystem<H>> {
-    let threads = match options.threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
+    let threads = crate::pool::threads(options.threads);
     let failed = AtomicBool::new(false);
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 8);
     let job_rx = Mutex::new(job_rx);

@@ -121,6 +121,7 @@ pub mod export;
 mod fsutil;
 pub mod output;
 mod overlay;
+mod pool;
 pub mod rootfs;
 mod store;
 #[allow(unsafe_code)]

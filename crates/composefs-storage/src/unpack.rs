@@ -658,13 +658,7 @@ pub fn unpack(
         progress: opts.progress.clone(),
         cancel: opts.cancel.clone(),
     };
-    let jobs = if opts.jobs == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        opts.jobs
-    };
+    let jobs = crate::pool::threads(opts.jobs);
     let mut report = UnpackReport::default();
     let walked = std::thread::scope(|s| -> Result<Made> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(256);

@@ -5,7 +5,6 @@
 //! tar headers ([`compare_layer_metadata`]).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -172,47 +171,20 @@ fn layer_checks(
     opts: &VerifyOptions,
     progress: Option<VerifyProgress>,
 ) -> Vec<Check> {
-    let jobs = opts.jobs;
-    let queue = Mutex::new(layers.iter().rev().cloned().collect::<Vec<_>>());
-    let results = Mutex::new(Vec::new());
-    let jobs = if jobs == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        jobs
-    }
-    .clamp(1, layers.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| {
-                while let Some(l) = queue.lock().ok().and_then(|mut q| q.pop()) {
-                    if let Some(p) = &progress {
-                        p(l.id(), l.diff_size(), false);
-                    }
-                    let mut r = vec![check(format!("layer {}", l.id()), verify_layer(&l))];
-                    if opts.metadata {
-                        r.push(metadata_check(&l));
-                    }
-                    if let Some(p) = &progress {
-                        p(l.id(), l.diff_size(), true);
-                    }
-                    if let Ok(mut v) = results.lock() {
-                        v.push((l.id().to_string(), r));
-                    }
-                }
-            });
+    let per_layer = crate::pool::map(layers, opts.jobs, |l| {
+        if let Some(p) = &progress {
+            p(l.id(), l.diff_size(), false);
         }
+        let mut r = vec![check(format!("layer {}", l.id()), verify_layer(l))];
+        if opts.metadata {
+            r.push(metadata_check(l));
+        }
+        if let Some(p) = &progress {
+            p(l.id(), l.diff_size(), true);
+        }
+        r
     });
-    let mut v = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    // Report in the order given.
-    let order: std::collections::HashMap<&str, usize> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.id(), i))
-        .collect();
-    v.sort_by_key(|(id, _)| order.get(id.as_str()).copied().unwrap_or(usize::MAX));
-    v.into_iter().flat_map(|(_, r)| r).collect()
+    per_layer.into_iter().flatten().collect()
 }
 
 fn verify_layer(l: &Layer) -> std::result::Result<String, String> {

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use oci_spec::image::Digest;
 use serde_json::{Value, json};
@@ -309,17 +309,6 @@ fn put_layer_blob(
     Ok((info, Some(kept)))
 }
 
-/// The number of parallel jobs `jobs` means (0: one per CPU).
-fn effective_jobs(jobs: usize) -> usize {
-    if jobs == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        jobs
-    }
-}
-
 /// Blobs of exported layers by layer ID, and the files this export created for them.
 #[derive(Default)]
 struct LayerBlobs {
@@ -335,49 +324,19 @@ fn export_layers(
     opts: &ImageExportOptions,
     report: &mut ImageExportReport,
 ) -> Result<LayerBlobs> {
-    let queue = Mutex::new(layers.to_vec());
-    let results: Mutex<Vec<(String, BlobInfo, Option<Pending>)>> = Mutex::new(Vec::new());
-    let failed: Mutex<Option<StorageError>> = Mutex::new(None);
-    let jobs = effective_jobs(opts.jobs).min(layers.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| {
-                loop {
-                    if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
-                        return;
-                    }
-                    let Some(l) = queue.lock().ok().and_then(|mut q| q.pop()) else {
-                        return;
-                    };
-                    match put_layer_blob(
-                        dir,
-                        name,
-                        &l,
-                        opts.compression,
-                        opts.level,
-                        opts.progress.as_ref(),
-                    ) {
-                        Ok((info, created)) => {
-                            if let Ok(mut m) = results.lock() {
-                                m.push((l.id().to_string(), info, created));
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failed.lock() {
-                                f.get_or_insert(e);
-                            }
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        // `results` drops here: the blobs this export created are removed.
-        return Err(e);
-    }
+    // A failed export returns the error; the blobs of layers already done drop with the
+    // results, which removes the files they created.
+    let results = crate::pool::try_map(layers, opts.jobs, |l| {
+        put_layer_blob(
+            dir,
+            name,
+            l,
+            opts.compression,
+            opts.level,
+            opts.progress.as_ref(),
+        )
+        .map(|(info, created)| (l.id().to_string(), info, created))
+    })?;
     let mut out = LayerBlobs::default();
     for (id, info, created) in results {
         match created {
@@ -886,7 +845,7 @@ fn export_archive(
     // through a temporary file. Into a stream all of them do (one pass, nothing spooled);
     // into a file the largest one does, while the others are written beside it in parallel
     // (all of them with one job).
-    let jobs = effective_jobs(opts.jobs);
+    let jobs = crate::pool::threads(opts.jobs);
     let mut candidates: Vec<(String, Layer, Digest, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let uncompressed = if opts.compression == LayerCompression::None {
