@@ -14,6 +14,13 @@
 //!   `kill -9`). Everything temporary, and everything an unfinished command created, is
 //!   registered until it is committed or dropped, so that a signal handler can remove it
 //!   with [`remove_pending`] before the process exits.
+//!
+//! This is hand-written rather than built on `tempfile` or `cap-std-ext`'s atomic writes:
+//! those create a temporary file and rename it, but none keeps the replaced file's owner,
+//! writes into FIFOs and devices instead of replacing them, names temporaries so that a later
+//! run can tell a dead process's leftovers from a live one's, or registers them for removal
+//! from a signal handler. Every writer in the crate (layer and image export, the OCI layout's
+//! `index.json`, composefs images, unpack's tar output) goes through this module.
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -18,7 +18,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oci_spec::image::Digest;
+use oci_spec::image::{Descriptor, Digest, ImageManifest, ImageManifestBuilder, MediaType};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -471,25 +471,46 @@ pub fn uncompressed_manifest(image: &Image) -> Result<Vec<u8>> {
     oci_manifest(&p, &blobs)
 }
 
+/// A descriptor of a blob.
+fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Descriptor {
+    Descriptor::new(MediaType::from(media_type), size, digest.clone())
+}
+
 fn new_oci_manifest(p: &Prepared, blobs: &HashMap<String, BlobInfo>) -> Result<Vec<u8>> {
-    let layers: Vec<Value> = p
+    let invalid = |e: &dyn std::fmt::Display| StorageError::image(p.image.id(), e.to_string());
+    let layers: Vec<Descriptor> = p
         .layers
         .iter()
         .map(|l| {
             let b = &blobs[l.id()];
-            json!({"mediaType": b.media_type, "digest": b.digest.to_string(), "size": b.size})
+            descriptor(&b.media_type, &b.digest, b.size)
         })
         .collect();
-    let mut m = json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-        "config": {"mediaType": MEDIA_TYPE_OCI_CONFIG, "digest": p.config_digest.to_string(), "size": p.config.len()},
-        "layers": layers,
-    });
-    if let Some(a) = &p.annotations {
-        m["annotations"] = a.clone();
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(
+            MEDIA_TYPE_OCI_CONFIG,
+            &p.config_digest,
+            p.config.len() as u64,
+        ))
+        .layers(layers)
+        .build()
+        .map_err(|e| invalid(&e))?;
+    // The stored manifest's annotations go last, in their stored order (oci-spec keeps
+    // annotations in a HashMap, whose order would make the bytes, and so the digest, vary).
+    #[derive(serde::Serialize)]
+    struct WithAnnotations<'a> {
+        #[serde(flatten)]
+        manifest: &'a ImageManifest,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        annotations: Option<&'a Value>,
     }
-    serde_json::to_vec(&m).map_err(|e| StorageError::image(p.image.id(), e.to_string()))
+    serde_json::to_vec(&WithAnnotations {
+        manifest: &manifest,
+        annotations: p.annotations.as_ref(),
+    })
+    .map_err(|e| invalid(&e))
 }
 
 /// A blob's digest and bytes.
@@ -512,7 +533,9 @@ fn oci_documents(
         docs.push((p.config_digest.clone(), p.config.clone()));
         let m = oci_manifest(p, blobs)?;
         let md = hex_digest(&Sha256::digest(&m));
-        let mut entry = json!({"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": md.to_string(), "size": m.len()});
+        let mut entry =
+            serde_json::to_value(descriptor(MEDIA_TYPE_OCI_MANIFEST, &md, m.len() as u64))
+                .map_err(|e| StorageError::image(p.image.id(), e.to_string()))?;
         docs.push((md.clone(), m));
         if let Some(n) = &p.name {
             entry["annotations"] = json!({"org.opencontainers.image.ref.name": n});
@@ -625,14 +648,12 @@ fn export_oci_dir(
     Ok(())
 }
 
-/// Writes a small file atomically (temporary name, then rename).
+/// Writes a small file of the layout by the output rules (atomically, keeping the mode and
+/// owner of the file it replaces).
 fn put_file(path: &Path, b: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("meta");
-    let (tmp, mut f) = output::create_temp_in(dir, base).map_err(|e| StorageError::io(path, e))?;
-    f.write_all(b).map_err(|e| StorageError::io(path, e))?;
-    drop(f);
-    tmp.rename_to(path).map_err(|e| StorageError::io(path, e))
+    let mut out = OutputFile::create(path)?;
+    out.write_all(b).map_err(|e| StorageError::io(path, e))?;
+    out.commit()
 }
 
 /// A member of an archive, besides the layers streamed into it.
