@@ -136,16 +136,8 @@ impl Storage {
                         })
                     })
                     .collect();
-                match hits.as_slice() {
-                    [(si, m)] => return Ok(found(*si, m, None)),
-                    [] => {}
-                    many => {
-                        return Err(StorageError::Ambiguous {
-                            what: "image",
-                            query: query.into(),
-                            candidates: many.iter().map(|(_, m)| m.id.clone()).collect(),
-                        });
-                    }
+                if let Some((si, m)) = unique(&hits, "image", query)? {
+                    return Ok(found(*si, m, None));
                 }
             }
         }
@@ -155,31 +147,15 @@ impl Storage {
                 .iter()
                 .filter(|(_, m)| m.digests().contains(&digest))
                 .collect();
-            match hits.as_slice() {
-                [(si, m)] => return Ok(found(*si, m, Some(digest))),
-                [] => {}
-                many => {
-                    return Err(StorageError::Ambiguous {
-                        what: "image",
-                        query: query.into(),
-                        candidates: many.iter().map(|(_, m)| m.id.clone()).collect(),
-                    });
-                }
+            if let Some((si, m)) = unique(&hits, "image", query)? {
+                return Ok(found(*si, m, Some(digest)));
             }
         }
         // 5. Unique ID prefix.
         if !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             let hits: Vec<_> = all.iter().filter(|(_, m)| m.id.starts_with(hex)).collect();
-            match hits.as_slice() {
-                [(si, m)] => return Ok(found(*si, m, None)),
-                [] => {}
-                many => {
-                    return Err(StorageError::Ambiguous {
-                        what: "image",
-                        query: query.into(),
-                        candidates: many.iter().map(|(_, m)| m.id.clone()).collect(),
-                    });
-                }
+            if let Some((si, m)) = unique(&hits, "image", query)? {
+                return Ok(found(*si, m, None));
             }
         }
         Err(StorageError::ImageNotFound(query.into()))
@@ -236,16 +212,8 @@ impl Storage {
         }
         if !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             let hits: Vec<_> = all.iter().filter(|(_, m)| m.id.starts_with(hex)).collect();
-            match hits.as_slice() {
-                [(si, m)] => return Ok(mk(*si, m)),
-                [] => {}
-                many => {
-                    return Err(StorageError::Ambiguous {
-                        what: "layer",
-                        query: query.into(),
-                        candidates: many.iter().map(|(_, m)| m.id.clone()).collect(),
-                    });
-                }
+            if let Some((si, m)) = unique(&hits, "layer", query)? {
+                return Ok(mk(*si, m));
             }
         }
         Err(StorageError::LayerNotFound(query.into()))
@@ -313,4 +281,39 @@ fn repository_of(name: &str) -> Option<String> {
     Reference::parse_normalized(name)
         .ok()
         .map(|r| r.repository())
+}
+
+/// A record with an ID (images and layers), for [`unique`].
+trait Record {
+    fn id(&self) -> &str;
+}
+
+impl Record for ImageMetadata {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for LayerMetadata {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The one match among `hits`, `None` if there is none, or [`StorageError::Ambiguous`]
+/// listing them all (`what` is "image" or "layer").
+fn unique<'a, M: Record>(
+    hits: &[&'a (usize, &'a Arc<M>)],
+    what: &'static str,
+    query: &str,
+) -> Result<Option<&'a (usize, &'a Arc<M>)>> {
+    match hits {
+        [one] => Ok(Some(one)),
+        [] => Ok(None),
+        many => Err(StorageError::Ambiguous {
+            what,
+            query: query.into(),
+            candidates: many.iter().map(|(_, m)| m.id().to_string()).collect(),
+        }),
+    }
 }
