@@ -73,19 +73,121 @@ impl JsonSource {
     }
 }
 
-/// The records of one layer store as of one token.
-#[derive(Debug, Default)]
-pub(crate) struct LayerIndex {
-    pub(crate) token: Token,
-    pub(crate) mtimes: Vec<Option<(i64, i64)>>,
-    pub(crate) layers: Vec<Arc<LayerMetadata>>,
-    pub(crate) by_id: HashMap<String, usize>,
-    pub(crate) by_name: HashMap<String, usize>,
+/// A record of `layers.json` or `images.json`, as the index loads it.
+pub(crate) trait StoreRecord: DeserializeOwned {
+    /// "layer" or "image", for messages.
+    const WHAT: &'static str;
+    fn id(&self) -> &str;
+    /// Why c/storage would not list this record (a layer being created or deleted).
+    fn skip_reason(&self) -> Option<&'static str> {
+        None
+    }
+    fn set_read_only(&mut self, read_only: bool);
 }
 
-impl LayerIndex {
-    pub(crate) fn get(&self, id: &str) -> Option<&Arc<LayerMetadata>> {
-        self.by_id.get(id).map(|&i| &self.layers[i])
+impl StoreRecord for LayerMetadata {
+    const WHAT: &'static str = "layer";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn skip_reason(&self) -> Option<&'static str> {
+        self.is_incomplete()
+            .then_some("flagged incomplete (being created or deleted)")
+    }
+    fn set_read_only(&mut self, read_only: bool) {
+        self.read_only = read_only;
+    }
+}
+
+impl StoreRecord for ImageMetadata {
+    const WHAT: &'static str = "image";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn set_read_only(&mut self, read_only: bool) {
+        self.read_only = read_only;
+    }
+}
+
+/// The records of one layer or image store as of one last-write token and the mtimes of
+/// its JSON files.
+#[derive(Debug)]
+pub(crate) struct Index<T> {
+    token: Token,
+    mtimes: Vec<Option<(i64, i64)>>,
+    /// The records in file order, first occurrence of each ID.
+    pub(crate) records: Vec<Arc<T>>,
+    by_id: HashMap<String, usize>,
+}
+
+/// The records of one layer store.
+pub(crate) type LayerIndex = Index<LayerMetadata>;
+/// The records of one image store.
+pub(crate) type ImageIndex = Index<ImageMetadata>;
+
+impl<T: StoreRecord> Index<T> {
+    /// The record with ID `id`.
+    pub(crate) fn get(&self, id: &str) -> Option<&Arc<T>> {
+        self.by_id.get(id).map(|&i| &self.records[i])
+    }
+
+    /// True if a record has ID `id`.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// The index of `sources` as they are now, from `cache` if neither the token nor a file's
+    /// mtime changed since it was loaded. Must be called with the store's locks held.
+    fn refresh(
+        cache: &Mutex<Option<Arc<Self>>>,
+        sources: &[JsonSource],
+        token: Token,
+        read_only: bool,
+    ) -> Result<Arc<Self>> {
+        let mtimes = sources
+            .iter()
+            .map(|s| s.mtime())
+            .collect::<Result<Vec<_>>>()?;
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref() {
+            if c.token == token && c.mtimes == mtimes {
+                return Ok(c.clone());
+            }
+        }
+        let mut idx = Index {
+            token,
+            mtimes,
+            records: Vec::new(),
+            by_id: HashMap::new(),
+        };
+        for src in sources {
+            for mut rec in src.load::<T>()? {
+                if idx.by_id.contains_key(rec.id()) {
+                    log::debug!(
+                        "{}: duplicate {} {} ignored",
+                        src.path().display(),
+                        T::WHAT,
+                        rec.id()
+                    );
+                    continue;
+                }
+                if let Some(why) = rec.skip_reason() {
+                    log::debug!(
+                        "{}: skipping {} {}: {why}",
+                        src.path().display(),
+                        T::WHAT,
+                        rec.id()
+                    );
+                    continue;
+                }
+                rec.set_read_only(read_only);
+                idx.by_id.insert(rec.id().to_string(), idx.records.len());
+                idx.records.push(Arc::new(rec));
+            }
+        }
+        let idx = Arc::new(idx);
+        *cache = Some(idx.clone());
+        Ok(idx)
     }
 }
 
@@ -115,68 +217,7 @@ impl LayerStore {
             Some(l) => l.token()?,
             None => None,
         };
-        let mtimes = self
-            .sources
-            .iter()
-            .map(|s| s.mtime())
-            .collect::<Result<Vec<_>>>()?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.as_ref() {
-            if c.token == token && c.mtimes == mtimes {
-                return Ok(c.clone());
-            }
-        }
-        let mut idx = LayerIndex {
-            token,
-            mtimes,
-            ..Default::default()
-        };
-        for src in &self.sources {
-            for mut rec in src.load::<LayerMetadata>()? {
-                if idx.by_id.contains_key(&rec.id) {
-                    log::debug!(
-                        "{}: duplicate layer {} ignored",
-                        src.path().display(),
-                        rec.id
-                    );
-                    continue;
-                }
-                if rec.is_incomplete() {
-                    log::debug!(
-                        "{}: skipping layer {} flagged incomplete (being created or deleted)",
-                        src.path().display(),
-                        rec.id
-                    );
-                    continue;
-                }
-                rec.read_only = self.read_only;
-                let i = idx.layers.len();
-                idx.by_id.insert(rec.id.clone(), i);
-                for n in &rec.names {
-                    idx.by_name.insert(n.clone(), i);
-                }
-                idx.layers.push(Arc::new(rec));
-            }
-        }
-        let idx = Arc::new(idx);
-        *cache = Some(idx.clone());
-        Ok(idx)
-    }
-}
-
-/// The records of one image store as of one token.
-#[derive(Debug, Default)]
-pub(crate) struct ImageIndex {
-    pub(crate) token: Token,
-    pub(crate) mtime: Option<(i64, i64)>,
-    pub(crate) images: Vec<Arc<ImageMetadata>>,
-    pub(crate) by_id: HashMap<String, usize>,
-    pub(crate) by_name: HashMap<String, usize>,
-}
-
-impl ImageIndex {
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
+        Index::refresh(&self.cache, &self.sources, token, self.read_only)
     }
 }
 
@@ -187,7 +228,8 @@ pub(crate) struct ImageStore {
     pub(crate) read_only: bool,
     /// `<root>/overlay-images`.
     pub(crate) images_dir: Option<Arc<NamedDir>>,
-    pub(crate) source: Option<JsonSource>,
+    /// `images.json`, if the store has an `overlay-images` directory.
+    pub(crate) sources: Vec<JsonSource>,
     pub(crate) lock: Option<Arc<LockFile>>,
     pub(crate) cache: Mutex<Option<Arc<ImageIndex>>>,
 }
@@ -203,43 +245,7 @@ impl ImageStore {
             Some(l) => l.token()?,
             None => None,
         };
-        let mtime = match &self.source {
-            Some(s) => s.mtime()?,
-            None => None,
-        };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.as_ref() {
-            if c.token == token && c.mtime == mtime {
-                return Ok(c.clone());
-            }
-        }
-        let mut idx = ImageIndex {
-            token,
-            mtime,
-            ..Default::default()
-        };
-        if let Some(src) = &self.source {
-            for mut rec in src.load::<ImageMetadata>()? {
-                if idx.by_id.contains_key(&rec.id) {
-                    log::debug!(
-                        "{}: duplicate image {} ignored",
-                        src.path().display(),
-                        rec.id
-                    );
-                    continue;
-                }
-                rec.read_only = self.read_only;
-                let i = idx.images.len();
-                idx.by_id.insert(rec.id.clone(), i);
-                for n in &rec.names {
-                    idx.by_name.insert(n.clone(), i);
-                }
-                idx.images.push(Arc::new(rec));
-            }
-        }
-        let idx = Arc::new(idx);
-        *cache = Some(idx.clone());
-        Ok(idx)
+        Index::refresh(&self.cache, &self.sources, token, self.read_only)
     }
 }
 
@@ -308,7 +314,7 @@ impl Snapshot {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (si, idx) in self.images.iter().enumerate() {
-            for img in &idx.images {
+            for img in &idx.records {
                 if seen.insert(img.id.as_str()) {
                     out.push((si, img));
                 }
@@ -322,7 +328,7 @@ impl Snapshot {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (si, idx) in self.layers.iter().enumerate() {
-            for l in &idx.layers {
+            for l in &idx.records {
                 if seen.insert(l.id.as_str()) {
                     out.push((si, l));
                 }

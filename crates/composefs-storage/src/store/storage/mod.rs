@@ -290,10 +290,13 @@ impl Storage {
             Ok(ImageStore {
                 root: root.path.clone(),
                 read_only,
-                source: images_dir.as_ref().map(|d| JsonSource {
-                    dir: d.clone(),
-                    name: "images.json",
-                }),
+                sources: images_dir
+                    .iter()
+                    .map(|d| JsonSource {
+                        dir: d.clone(),
+                        name: "images.json",
+                    })
+                    .collect(),
                 lock: lock_in(&images_dir, "images.lock")?,
                 images_dir,
                 cache: Mutex::new(None),
