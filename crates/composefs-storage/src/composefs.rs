@@ -469,7 +469,7 @@ fn read_and_apply<H: FsVerityHashValue>(
     options: &BuildOptions<'_, H>,
 ) -> Result<()> {
     let (_locks, file) = open_locked(layer)?;
-    let file = file.ok_or_else(|| StorageError::layer(layer.id(), layer.no_tar_split_reason()))?;
+    let file = file.ok_or_else(|| layer.no_tar_split_error())?;
     let mut reader = TarSplitReader::new(gz_reader(file), layer.id());
     let mut getter = FileGetter::new(layer)?;
     let mut headers = HeaderStream::new();

@@ -115,6 +115,15 @@ pub enum StorageError {
         key: String,
     },
 
+    /// A layer's original tar cannot be rebuilt: it has no tar-split.
+    #[error("layer {layer}: {reason}")]
+    NoTarSplit {
+        /// The layer ID.
+        layer: String,
+        /// Why it has none, and what that means.
+        reason: crate::layer::NoTarSplit,
+    },
+
     /// A big-data item of a layer does not exist.
     #[error("layer {layer}: no big-data item {key:?}")]
     LayerBigDataNotFound {

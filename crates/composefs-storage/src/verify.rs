@@ -189,7 +189,7 @@ fn layer_checks(
 
 fn verify_layer(l: &Layer) -> std::result::Result<String, String> {
     match l.has_tar_split() {
-        Ok(false) => return Err(l.no_tar_split_reason()),
+        Ok(false) => return Err(l.no_tar_split_reason().to_string()),
         Err(e) => return Err(e.to_string()),
         Ok(true) => {}
     }

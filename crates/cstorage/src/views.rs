@@ -73,7 +73,7 @@ impl LayerSummary {
             compressed_size: l.compressed_size(),
             toc_digest: l.toc_digest().map(|d| d.to_string()),
             expected_diff_id: m.expected_diff_id().map(|d| d.to_string()),
-            compression: l.compression().map(|c| c.name()),
+            compression: l.compression().map(|c| c.to_string()),
             uidset: l.uid_set().to_vec(),
             gidset: l.gid_set().to_vec(),
             flags: serde_json::to_value(l.flags()).unwrap_or_default(),
@@ -108,7 +108,7 @@ impl LayerDetail {
             link_id: l.link_id()?,
             has_tar_split: l.has_tar_split()?,
             reproducible: reason.is_none(),
-            not_reproducible_reason: reason,
+            not_reproducible_reason: reason.map(|r| r.to_string()),
             flat: l.is_flat()?,
             record: serde_json::to_value(l.metadata())?,
         })

@@ -298,7 +298,7 @@ impl Layer {
             // meaningful tar to generate from its diff directory: refuse. Other layers
             // (container layers) get a generated tar, but never as a verified original.
             if opts.verify == Verify::Digest || self.toc_digest().is_some() || self.is_flat()? {
-                return Err(StorageError::layer(self.id(), self.no_tar_split_reason()));
+                return Err(self.no_tar_split_error());
             }
             return generate_diff(self, target_writer(target), &name, opts);
         };

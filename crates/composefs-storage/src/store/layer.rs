@@ -48,16 +48,65 @@ impl Compression {
             o => Compression::Other(o),
         }
     }
+}
 
-    /// A short lower-case name (`gzip`, `zstd`, ...).
-    pub fn name(&self) -> String {
+/// A short lower-case name: `none`, `bzip2`, `gzip`, `xz`, `zstd`, or `unknown(N)`.
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Compression::None => "none".into(),
-            Compression::Bzip2 => "bzip2".into(),
-            Compression::Gzip => "gzip".into(),
-            Compression::Xz => "xz".into(),
-            Compression::Zstd => "zstd".into(),
-            Compression::Other(o) => format!("unknown({o})"),
+            Compression::None => f.write_str("none"),
+            Compression::Bzip2 => f.write_str("bzip2"),
+            Compression::Gzip => f.write_str("gzip"),
+            Compression::Xz => f.write_str("xz"),
+            Compression::Zstd => f.write_str("zstd"),
+            Compression::Other(o) => write!(f, "unknown({o})"),
+        }
+    }
+}
+
+/// Why a layer's original tar cannot be rebuilt exactly (it has no tar-split).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoTarSplit {
+    /// A partially pulled layer (eStargz, or zstd:chunked without tar-split), known only by
+    /// its table of contents.
+    PartialPull {
+        /// The DiffID the layer's tar would have, if recorded.
+        expected_diff_id: Option<Digest>,
+    },
+    /// An image layer whose tar-split is missing (filled through a mount, or removed).
+    Missing {
+        /// The digest of the original tar.
+        diff_digest: Digest,
+    },
+    /// A container's read-write layer: no tar-split and no diff-digest. A tar generated
+    /// from its `diff/` directory matches no DiffID.
+    ContainerLayer,
+}
+
+impl std::fmt::Display for NoTarSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoTarSplit::PartialPull { expected_diff_id } => {
+                write!(
+                    f,
+                    "partially pulled layer with no tar-split, known only by its table of \
+                     contents: its original tar cannot be rebuilt"
+                )?;
+                if let Some(d) = expected_diff_id {
+                    write!(f, "; its expected DiffID is {d}")?;
+                }
+                Ok(())
+            }
+            NoTarSplit::Missing { diff_digest } => write!(
+                f,
+                "has no tar-split, so its original tar ({diff_digest}) cannot be rebuilt"
+            ),
+            NoTarSplit::ContainerLayer => f.write_str(
+                "has no tar-split and no diff-digest (a container's read-write layer): its \
+                 original tar cannot be rebuilt; a tar generated from its diff directory \
+                 matches no DiffID",
+            ),
         }
     }
 }
@@ -477,30 +526,33 @@ impl Layer {
     /// layer has tar-split). Layers without tar-split are container (read-write) layers,
     /// layers filled through a mount, and partially pulled layers known only by their table
     /// of contents (eStargz, or zstd:chunked without tar-split).
-    pub fn not_reproducible_reason(&self) -> Result<Option<String>> {
+    pub fn not_reproducible_reason(&self) -> Result<Option<NoTarSplit>> {
         if self.has_tar_split()? {
             return Ok(None);
         }
         Ok(Some(self.no_tar_split_reason()))
     }
 
-    /// The reason given for a layer that has no tar-split.
-    pub(crate) fn no_tar_split_reason(&self) -> String {
+    /// Why this layer (which has no tar-split) cannot be rebuilt exactly.
+    pub(crate) fn no_tar_split_reason(&self) -> NoTarSplit {
         if self.toc_digest().is_some() {
-            let expected = match self.diff_id() {
-                Some(d) => format!("; its expected DiffID is {d}"),
-                None => String::new(),
-            };
-            format!(
-                "partially pulled layer with no tar-split, known only by its table of contents: \
-                 its original tar cannot be rebuilt{expected}"
-            )
+            NoTarSplit::PartialPull {
+                expected_diff_id: self.diff_id(),
+            }
         } else if let Some(d) = self.diff_digest() {
-            format!("has no tar-split, so its original tar ({d}) cannot be rebuilt")
+            NoTarSplit::Missing {
+                diff_digest: d.clone(),
+            }
         } else {
-            "has no tar-split and no diff-digest (a container's read-write layer): its original \
-             tar cannot be rebuilt; a tar generated from its diff directory matches no DiffID"
-                .to_string()
+            NoTarSplit::ContainerLayer
+        }
+    }
+
+    /// [`StorageError::NoTarSplit`] for this layer.
+    pub(crate) fn no_tar_split_error(&self) -> StorageError {
+        StorageError::NoTarSplit {
+            layer: self.id().into(),
+            reason: self.no_tar_split_reason(),
         }
     }
 

@@ -548,8 +548,7 @@ impl TarSplitFdStream {
     /// `Layer::has_tar_split`).
     pub fn new(layer: &Layer) -> Result<TarSplitFdStream> {
         let (locks, file) = open_locked(layer)?;
-        let file =
-            file.ok_or_else(|| StorageError::layer(layer.id(), layer.no_tar_split_reason()))?;
+        let file = file.ok_or_else(|| layer.no_tar_split_error())?;
         Ok(TarSplitFdStream {
             reader: TarSplitReader::new(gz_reader(file), layer.id()),
             getter: FileGetter::new(layer)?,
@@ -625,8 +624,7 @@ pub struct LayerEntries {
 impl LayerEntries {
     pub(crate) fn new(layer: &Layer) -> Result<LayerEntries> {
         let (locks, file) = open_locked(layer)?;
-        let file =
-            file.ok_or_else(|| StorageError::layer(layer.id(), layer.no_tar_split_reason()))?;
+        let file = file.ok_or_else(|| layer.no_tar_split_error())?;
         Ok(LayerEntries {
             reader: TarSplitReader::new(gz_reader(file), layer.id()),
             headers: HeaderStream::new(),
