@@ -12,15 +12,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use composefs_storage::{ExportOptions, Storage, StorageConfig, StorageError, Verify};
+use composefs_storage::{ExportOptions, StorageError, Verify};
 use testutil::{Blob, OciLayout, TestStore, go_arch, python_tar, sha256_hex};
 
-fn open(store: &TestStore) -> Storage {
-    let mut c = StorageConfig::for_graphroot(&store.root);
-    c.set_runroot(&store.runroot);
-    c.set_driver_options(store.all_opts());
-    Storage::open_with_config(&c).unwrap()
-}
+mod common;
+use common::open;
 
 fn store_with_images() -> (TestStore, OciLayout) {
     let store = TestStore::new();

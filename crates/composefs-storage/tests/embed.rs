@@ -17,6 +17,9 @@ use serde_json::Value;
 use testutil::fixtures::rootfs_layer;
 use testutil::{Blob, OciLayout, TestStore, go_arch, run, sha256_hex};
 
+mod common;
+use common::{config_of, open};
+
 struct Fx {
     native: TestStore,
     fuse: TestStore,
@@ -63,17 +66,6 @@ sys.stdout.buffer.write(out.getvalue())
             tars,
         }
     })
-}
-
-fn config_of(store: &TestStore) -> StorageConfig {
-    let mut c = StorageConfig::for_graphroot(&store.root);
-    c.set_runroot(&store.runroot);
-    c.set_driver_options(store.all_opts());
-    c
-}
-
-fn open(store: &TestStore) -> Storage {
-    Storage::open_with_config(&config_of(store)).unwrap()
 }
 
 fn stores() -> [(&'static str, &'static TestStore); 2] {

@@ -4,18 +4,14 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use composefs_storage::{ExportOptions, Storage, StorageConfig, Verify};
+use composefs_storage::{ExportOptions, Verify};
 use serde_json::Value;
 use testutil::{
     Blob, OciLayout, TarFormat, TestStore, gnu_tar, go_arch, make_tree, run, stdout_of,
 };
 
-fn open(store: &TestStore) -> Storage {
-    let mut c = StorageConfig::for_graphroot(&store.root);
-    c.set_runroot(&store.runroot);
-    c.set_driver_options(store.all_opts());
-    Storage::open_with_config(&c).unwrap()
-}
+mod common;
+use common::open;
 
 /// Entries of a tar as Python's tarfile sees them, keyed by name.
 fn entries(tar: &[u8]) -> BTreeMap<String, Value> {

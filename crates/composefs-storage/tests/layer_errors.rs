@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use composefs_storage::tar_split::crc64_go_iso;
-use composefs_storage::{
-    ExportOptions, Layer, Storage, StorageConfig, StorageError, TarSplitFdStream, Verify,
-};
+use composefs_storage::{ExportOptions, Layer, Storage, StorageError, TarSplitFdStream, Verify};
 use serde_json::{Value, json};
 use testutil::{Blob, OciLayout, TestStore, go_arch, python_tar};
+
+mod common;
+use common::open;
 
 /// A private store with one single-layer image, returned with its only layer.
 struct One {
@@ -104,13 +105,6 @@ t.close()
         );
         e
     }
-}
-
-fn open(store: &TestStore) -> Storage {
-    let mut c = StorageConfig::for_graphroot(&store.root);
-    c.set_runroot(&store.runroot);
-    c.set_driver_options(store.all_opts());
-    Storage::open_with_config(&c).unwrap()
 }
 
 fn set_len(p: &Path, len: u64) {

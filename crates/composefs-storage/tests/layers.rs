@@ -9,12 +9,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use composefs_storage::tar_header::EntryType;
-use composefs_storage::{
-    ExportOptions, Layer, Storage, StorageConfig, TarSplitFdStream, TarSplitItem, Verify,
-};
+use composefs_storage::{ExportOptions, Layer, Storage, TarSplitFdStream, TarSplitItem, Verify};
 use serde_json::Value;
 use testutil::fixtures::layer_tars;
 use testutil::{Blob, OciLayout, TestStore, go_arch, run, sha256_hex};
+
+mod common;
+use common::open;
 
 struct Fx {
     native: TestStore,
@@ -56,13 +57,6 @@ fn fx() -> &'static Fx {
                 .collect(),
         }
     })
-}
-
-fn open(store: &TestStore) -> Storage {
-    let mut c = StorageConfig::for_graphroot(&store.root);
-    c.set_runroot(&store.runroot);
-    c.set_driver_options(store.all_opts());
-    Storage::open_with_config(&c).unwrap()
 }
 
 fn export(l: &Layer, verify: Verify) -> Vec<u8> {

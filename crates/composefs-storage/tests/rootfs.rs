@@ -11,22 +11,18 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use composefs_storage::Storage;
 use composefs_storage::rootfs::{self, ChangeKind, FileKind, RootFs};
-use composefs_storage::{Storage, StorageConfig};
 use std::process::Command;
 use testutil::fixtures::{ROOTFS_TAGS as TAGS, Rootfs, rootfs as rootfs_fixture, rootfs_layer};
 use testutil::{Blob, OciLayout, TestStore, go_arch, run, sha256_hex};
 
+mod common;
+use common::open;
+
 fn fx() -> &'static Rootfs {
     static F: OnceLock<Rootfs> = OnceLock::new();
     F.get_or_init(|| rootfs_fixture(&testutil::fixture_dir(&std::env::temp_dir(), "cst-rf")))
-}
-
-fn open(store: &TestStore) -> Storage {
-    let mut c = StorageConfig::for_graphroot(&store.root);
-    c.set_runroot(&store.runroot);
-    c.set_driver_options(store.all_opts());
-    Storage::open_with_config(&c).unwrap()
 }
 
 fn stores() -> Vec<(&'static str, Storage)> {

@@ -9,28 +9,12 @@ use serde_json::Value;
 use testutil::fixtures::{Standard, standard};
 use testutil::{TestStore, stdout_of};
 
+mod common;
+use common::cstorage;
+
 fn fixture() -> &'static Standard {
     static F: OnceLock<Standard> = OnceLock::new();
     F.get_or_init(|| standard(&testutil::fixture_dir(&std::env::temp_dir(), "cst-cli")))
-}
-
-fn cstorage(store: &TestStore) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
-    c.args(store.cstorage_args());
-    // Keep the host's storage.conf out of the tests: an empty one.
-    static EMPTY: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let empty = EMPTY.get_or_init(|| {
-        let p = fixture()
-            .store
-            .root
-            .parent()
-            .unwrap()
-            .join("empty-storage.conf");
-        std::fs::write(&p, "").unwrap();
-        p
-    });
-    c.env("CONTAINERS_STORAGE_CONF", empty);
-    c
 }
 
 fn json_of(c: &mut Command) -> Value {

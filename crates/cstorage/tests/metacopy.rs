@@ -11,16 +11,10 @@ use testutil::{
     Blob, OciLayout, TarFormat, TestStore, gnu_tar, go_arch, make_tree, run, stdout_of,
 };
 
-const MOUNTOPT: &str = "overlay.mountopt=nodev,metacopy=on";
+mod common;
+use common::cstorage;
 
-fn cstorage(store: &TestStore) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
-    c.args(store.cstorage_args());
-    let empty = store.root.parent().unwrap().join("empty-storage.conf");
-    std::fs::write(&empty, "").unwrap();
-    c.env("CONTAINERS_STORAGE_CONF", empty);
-    c
-}
+const MOUNTOPT: &str = "overlay.mountopt=nodev,metacopy=on";
 
 fn kernel_has_metacopy() -> bool {
     Path::new("/sys/module/overlay/parameters/metacopy").exists()

@@ -13,15 +13,8 @@ use serde_json::Value;
 use testutil::fixtures::{Standard, standard};
 use testutil::{Blob, OciLayout, TestStore, go_arch, python_tar, run};
 
-fn cstorage(store: &TestStore) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
-    c.args(store.cstorage_args());
-    // Keep the host's storage.conf out: an empty one beside the store.
-    let empty = store.root.parent().unwrap().join("empty-storage.conf");
-    std::fs::write(&empty, "").unwrap();
-    c.env("CONTAINERS_STORAGE_CONF", empty);
-    c
-}
+mod common;
+use common::cstorage;
 
 /// The `layer <id> metadata` checks of `verify --metadata --all`, and whether it exited 0.
 fn metadata_checks(c: &mut Command) -> (Vec<Value>, bool) {

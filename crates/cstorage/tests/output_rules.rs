@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testutil::{Blob, OciLayout, TestStore, go_arch, python_tar, run, sha256_hex};
 
+mod common;
+use common::cstorage;
+
 /// A store with `localhost/big` (one 24 MiB layer of random bytes: slow enough to interrupt
 /// with gzip -9 in a debug build) and `localhost/two` (two layers that both hold `etc/a`,
 /// with different sizes).
@@ -49,15 +52,6 @@ fn fixture() -> &'static Fixture {
             layout,
         }
     })
-}
-
-fn cstorage(store: &TestStore) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
-    c.args(store.cstorage_args());
-    let empty = store.root.parent().unwrap().join("empty-storage.conf");
-    std::fs::write(&empty, "").unwrap();
-    c.env("CONTAINERS_STORAGE_CONF", empty);
-    c
 }
 
 /// The single layer of `localhost/big`: (ID, diff-digest hex).

@@ -4,24 +4,19 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Output};
+
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use testutil::TestStore;
 use testutil::fixtures::{ROOTFS_TAGS, Rootfs, rootfs};
 
+mod common;
+use common::cst;
+
 fn fx() -> &'static Rootfs {
     static F: OnceLock<Rootfs> = OnceLock::new();
     F.get_or_init(|| rootfs(&testutil::fixture_dir(&std::env::temp_dir(), "cst-rc")))
-}
-
-fn cst(store: &TestStore, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cstorage"))
-        .args(store.cstorage_args())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn ok(store: &TestStore, args: &[&str]) -> Vec<u8> {
