@@ -44,28 +44,22 @@
 //!
 //! # Architecture
 //!
-//! - [`config`]: `storage.conf` and environment → [`StorageConfig`] (graph root, run root,
-//!   imagestore, additional stores, overlay options).
-//! - [`storage`]: [`Storage`] holds directory handles for every store and caches their
-//!   records (`layers.json`, `images.json`, `containers.json`) keyed by the lock files'
-//!   last-write tokens; each query takes the shared locks, refreshes, and answers from an
-//!   immutable snapshot.
-//! - [`image`] / [`layer`]: [`Image`] and [`Layer`] are cheap handles on a snapshot record;
-//!   reading their files (big data, `diff/`, `lower`) takes the store's shared lock again.
-//! - [`manifest`]: stored manifests as raw bytes plus their kind and parsed forms.
-//! - [`mod@reference`]: image reference parsing and docker.io normalization.
-//! - [`rootfs`]: [`RootFs`], an image's merged root filesystem (whiteouts, opaque
-//!   directories, symlinks resolved inside the image) read from its layers without mounting.
-//! - [`layer_files`]: [`LayerFiles`], one layer's own files (not the merged view) with its
-//!   whiteouts and opaque directories reported as such.
-//! - [`output`]: [`OutputFile`], the rules every writer of files follows (atomic
-//!   replacement, `-` for standard output, nothing left behind).
-//! - [`unpack`]: writing a [`RootFs`] into a directory (like `umoci unpack`), safely
-//!   beneath it.
-//! - [`userns`]: whether this process can read every file of a rootless store.
-//! - `composefs` (feature `composefs`, off by default): an image's composefs tree, dumpfile,
-//!   EROFS image and digest, built with composefs-rs's crate from the layers' tar-split.
-//! - Internally, `fsutil` (fd-relative opens) and `lock` (c/storage-compatible shared locks).
+//! The modules are layered, each using only those below it (the project's
+//! `docs/architecture.md` has a paragraph per module and the dependency graph):
+//!
+//! - the store: [`config`] (`storage.conf` → [`StorageConfig`]), [`storage`] ([`Storage`]:
+//!   directory handles for every store, records cached by the lock files' last-write tokens,
+//!   shared locks taken per query), [`image`] / [`layer`] ([`Image`] and [`Layer`], cheap
+//!   handles on a snapshot record), [`manifest`], [`mod@reference`];
+//! - tar as the store keeps it: [`tar_split`] ([`TarSplitFdStream`]) and [`tar_header`];
+//! - views: [`rootfs`] ([`RootFs`], an image's merged root filesystem without mounting) and
+//!   [`layer_files`] ([`LayerFiles`], one layer's own files);
+//! - writers: [`export`] (a layer's tar, bit for bit), [`image_export`] (OCI layout and
+//!   archives), [`unpack`] (a root filesystem into a directory), `composefs` (feature
+//!   `composefs`: composefs images), all through [`output`] ([`OutputFile`], the rules every
+//!   writer follows);
+//! - [`verify`], [`disk_usage`], and [`userns`] (reading rootless stores' files through a
+//!   user-namespace helper).
 //!
 //! The on-disk format this crate reads is described in `containers-storage-format.md` in the
 //! project's shared documentation.

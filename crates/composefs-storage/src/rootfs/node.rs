@@ -108,12 +108,12 @@ pub struct Metadata {
     pub rdev_minor: u32,
     /// The target of a symlink, as stored.
     pub symlink_target: Option<PathBuf>,
-    /// The layer the file comes from, as an index into [`Image::layers`] (0 = base layer).
+    /// The layer the file comes from, as an index into [`Image::layers`](crate::Image::layers) (0 = base layer).
     /// For a directory merged from several layers, the top-most one.
     pub layer: usize,
 }
 
-/// An entry of a directory listing ([`RootFs::read_dir`]).
+/// An entry of a directory listing ([`RootFs::read_dir`](crate::RootFs::read_dir)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DirEntry {
@@ -121,11 +121,11 @@ pub struct DirEntry {
     pub name: OsString,
     /// The file type.
     pub kind: FileKind,
-    /// The layer the entry comes from (index into [`Image::layers`], 0 = base).
+    /// The layer the entry comes from (index into [`Image::layers`](crate::Image::layers), 0 = base).
     pub layer: usize,
 }
 
-/// One file found by [`RootFs::walk`].
+/// One file found by [`RootFs::walk`](crate::RootFs::walk).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WalkEntry {

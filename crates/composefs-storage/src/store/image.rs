@@ -33,6 +33,9 @@ use crate::store::storage::Storage;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// [`Image::rootfs`], the merged root filesystem, is defined with [`RootFs`](crate::RootFs)
+/// (so that the store does not depend on what is built on it).
 #[derive(Debug, Clone)]
 pub struct Image {
     storage: Storage,

@@ -112,7 +112,7 @@ impl std::fmt::Display for NoTarSplit {
 }
 
 /// A layer of the store (an image layer or a container's read-write layer): a cheap handle
-/// on its record, from [`Image::layers`], [`Storage::list_layers`], [`Storage::find_layer`]
+/// on its record, from [`Image::layers`](crate::Image::layers), [`Storage::list_layers`], [`Storage::find_layer`]
 /// or [`Storage::resolve_diff_ids`].
 ///
 /// ```no_run
@@ -131,6 +131,12 @@ impl std::fmt::Display for NoTarSplit {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Methods that belong to a feature are defined with it (so that the store does not depend
+/// on what is built on it): [`Layer::export`], [`Layer::export_to_fd`],
+/// [`Layer::export_to_path`] and [`Layer::entries`] in the `export` module;
+/// [`Layer::files`], [`Layer::open_file`], [`Layer::stat`] and [`Layer::read_dir`] with
+/// [`LayerFiles`](crate::LayerFiles).
 #[derive(Debug, Clone)]
 pub struct Layer {
     storage: Storage,

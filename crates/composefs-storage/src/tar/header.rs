@@ -135,8 +135,8 @@ pub enum HeaderFormat {
     Gnu,
 }
 
-/// A parsed tar header, with PAX and GNU extension records applied when it came from a
-/// [`HeaderStream`].
+/// A parsed tar header, with PAX and GNU extension records applied when it came from the
+/// header stream of tar-split segments.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct TarHeader {
@@ -271,7 +271,7 @@ pub(crate) fn cstr(f: &[u8]) -> &[u8] {
 
 impl TarHeader {
     /// Parses one 512-byte header block (v7, ustar or GNU). PAX and GNU long-name records are
-    /// not applied here (see [`HeaderStream`]). Fails on a short block, a bad checksum or
+    /// not applied here (the header stream applies them). Fails on a short block, a bad checksum or
     /// malformed numbers; an all-zero block is an error too (it ends an archive).
     pub fn from_bytes(block: &[u8]) -> Result<TarHeader> {
         if block.len() < BLOCK {
