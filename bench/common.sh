@@ -3,7 +3,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release -q -p cstorage
-CST=$PWD/target/release/cstorage
+# CST=/path/to/cstorage runs another build (e.g. an older commit's, for before/after ratios).
+CST=${CST:-$PWD/target/release/cstorage}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/cstorage-bench}
 mkdir -p "$BENCH_DIR"
 # One benchmark at a time per BENCH_DIR: they share stores (image-1g) that a run may rebuild.
@@ -13,7 +14,7 @@ flock 9
 machine_info() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), kernel $(uname -r)"
     echo "tools: $(skopeo --version), $(podman --version), containers-storage $(dpkg-query -W -f='${Version}' containers-storage), tar-split $(dpkg-query -W -f='${Version}' tar-split)"
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ), cstorage $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ), $($CST --version)"
 }
 
 # ratio JSON_FILE: prints each command's mean and its ratio to the first command.
