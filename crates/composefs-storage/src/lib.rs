@@ -143,7 +143,7 @@ pub use layer_files::LayerFiles;
 pub use output::OutputFile;
 pub use rootfs::RootFs;
 pub use storage::{LayerMetadata, LayerUsers, ReadGuard, Storage};
-pub use store::records::{ContainerMetadata, IdMapping, ImageMetadata};
+pub use store::records::{ContainerMetadata, IdMapping, ImageMetadata, parse_rfc3339};
 pub use store::storage::lineage::ImageLineage;
 pub use tar_split::{TarHeader, TarSplitFdStream, TarSplitItem};
 pub use userns::can_bypass_file_permissions;

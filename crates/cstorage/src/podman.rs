@@ -405,47 +405,14 @@ fn parse_until(v: &str) -> Result<SystemTime> {
     Ok(SystemTime::now() - Duration::from_secs_f64(total))
 }
 
-/// `2024-01-02T03:04:05(.frac)(Z|+hh:mm|-hh:mm)`, or a date alone (midnight UTC).
+/// `2024-01-02T03:04:05(.frac)(Z|+hh:mm|-hh:mm)` (the library's parser, as for the
+/// records' times), or a date alone (midnight UTC), as podman's `until=` takes them.
 fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let num = |a: usize, b: usize| -> Option<i64> { s.get(a..b)?.parse().ok() };
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    if s.get(4..5)? != "-" || s.get(7..8)? != "-" {
-        return None;
+    if s.len() == 10 {
+        composefs_storage::parse_rfc3339(&format!("{s}T00:00:00Z"))
+    } else {
+        composefs_storage::parse_rfc3339(s)
     }
-    let (mut secs, mut nanos, mut offset) = (0i64, 0u32, 0i64);
-    if s.len() > 10 {
-        if !matches!(s.get(10..11)?, "T" | "t" | " ") {
-            return None;
-        }
-        secs = num(11, 13)? * 3600 + num(14, 16)? * 60 + num(17, 19)?;
-        let mut rest = s.get(19..)?;
-        if let Some(f) = rest.strip_prefix('.') {
-            let digits = f.bytes().take_while(u8::is_ascii_digit).count();
-            let frac = format!("{:0<9}", &f[..digits.min(9)]);
-            nanos = frac.parse().ok()?;
-            rest = &f[digits..];
-        }
-        offset = match rest {
-            "Z" | "z" => 0,
-            o if o.len() == 6 => {
-                let sign = if o.starts_with('-') { -1 } else { 1 };
-                sign * (o.get(1..3)?.parse::<i64>().ok()? * 3600
-                    + o.get(4..6)?.parse::<i64>().ok()? * 60)
-            }
-            _ => return None,
-        };
-    }
-    // Days since the epoch of a civil date (Howard Hinnant's algorithm).
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let t = days * 86400 + secs - offset;
-    let t = u64::try_from(t).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(t, nanos))
 }
 
 impl ImageFilter {

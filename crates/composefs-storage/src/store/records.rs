@@ -430,8 +430,9 @@ impl ContainerMetadata {
 }
 
 /// Parses an RFC 3339 time as Go writes it (`2024-01-02T03:04:05.123456789Z`, or with a
-/// `+hh:mm` offset). Returns `None` for anything else; times before 1970 are clamped to it.
-pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+/// `+hh:mm` offset): the times in c/storage's records and in image configs. Returns `None`
+/// for anything else; times before 1970 are clamped to it.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     if b.len() < 20 {
         return None;
