@@ -3,6 +3,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod args;
 mod composefs;
 mod df;
 mod export;
@@ -22,6 +23,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use composefs_storage::{Storage, StorageConfig, StorageError};
 
+use crate::args::{CompressArg, ExportFormat, VerifyArg};
 use crate::template::Format;
 
 /// The version and, when built from a git checkout, the commit (set by build.rs).
@@ -235,8 +237,8 @@ enum ImageCommand {
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
         /// Layer compression for OCI formats: none, gzip or zstd.
-        #[arg(long, default_value = "none", value_name = "ALGO")]
-        compress: composefs_storage::image_export::LayerCompression,
+        #[arg(long, value_enum, default_value_t = CompressArg::None, value_name = "ALGO")]
+        compress: CompressArg,
         /// Compression level (gzip 0-9, default 1; zstd 1-22, default 3).
         #[arg(long, value_name = "N")]
         level: Option<i32>,
@@ -269,8 +271,8 @@ enum LayerCommand {
         output: Option<PathBuf>,
         /// What to verify: none, crc (each file's size and CRC-64), digest (also the sha256
         /// of the whole tar against the layer's diff-digest).
-        #[arg(long, default_value = "crc", value_name = "MODE")]
-        verify: composefs_storage::Verify,
+        #[arg(long, value_enum, default_value_t = VerifyArg::Crc, value_name = "MODE")]
+        verify: VerifyArg,
     },
     /// List a layer's tar entries from its tar-split metadata (no file is opened).
     Ls {
@@ -384,26 +386,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images { quiet, all, filter } => {
             listing::images(&storage, &mut out, &format, *quiet, *all, filter)?
         }
-        Command::Image(ImageCommand::Export { images, output, .. })
-            if cli.format.as_deref() == Some("rootfs-tar") =>
-        {
-            unpack::rootfs_tar(&storage, images, output, false)?;
-        }
         Command::Image(ImageCommand::Export {
             images,
             output,
             compress,
             level,
             jobs,
-        }) => {
-            let archive = cli
-                .format
-                .as_deref()
-                .unwrap_or("oci")
-                .parse::<composefs_storage::image_export::ArchiveFormat>()
-                .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-            export::images(&storage, images, output, archive, *compress, *level, *jobs)?;
-        }
+        }) => match ExportFormat::parse(cli.format.as_deref())?.archive() {
+            None => unpack::rootfs_tar(&storage, images, output, false)?,
+            Some(archive) => export::images(
+                &storage,
+                images,
+                output,
+                archive,
+                (*compress).into(),
+                *level,
+                *jobs,
+            )?,
+        },
         Command::Image(ImageCommand::Inspect { images }) => {
             listing::image_inspect(&storage, &mut out, &format, images)?
         }
@@ -415,7 +415,7 @@ fn run(cli: Cli) -> Result<()> {
             verify,
         }) => {
             let l = resolve_layer(&storage, layer, image.as_deref())?;
-            export::layer(&l, output.as_deref(), *verify)?;
+            export::layer(&l, output.as_deref(), (*verify).into())?;
         }
         Command::Layer(LayerCommand::Ls { layer, image, long }) => {
             let l = resolve_layer(&storage, layer, image.as_deref())?;
