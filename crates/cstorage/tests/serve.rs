@@ -1,6 +1,6 @@
-//! `cstorage serve` pulled from by real clients (skopeo, podman, containerd, curl) on loopback. Every
-//! server is started on 127.0.0.1 with a port the kernel picks and stopped (SIGTERM, then
-//! SIGKILL) when its test ends; every wait is bounded.
+//! `cstorage serve` pulled from by real clients (skopeo, podman, containerd, curl) on
+//! loopback. Every server is started on 127.0.0.1 with a port the kernel picks and stopped
+//! (SIGTERM, then SIGKILL) when its test ends; every wait is bounded.
 
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
