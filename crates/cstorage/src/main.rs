@@ -16,8 +16,9 @@ unsafe extern "C" {
 
 /// Commits mimalloc's arenas on demand instead of eagerly. With eager commit (mimalloc's
 /// default on Linux) `cstorage serve` kept 70 to 115 MiB resident while 8 clients pulled a
-/// layer, 25 to 30 MiB without (bench/serve.sh, bench/RESULTS.md); the other commands were
-/// not slower (bench/RESULTS.md). This must run before the first arena is reserved, i.e.
+/// layer, 25 to 30 MiB without (bench/serve.sh, bench/RESULTS.md; the test
+/// `peak_memory_with_8_clients` in tests/serve.rs fails without it); the other commands
+/// took no more CPU time (bench/RESULTS.md). This must run before the first arena is reserved, i.e.
 /// before the first allocation, hence a constructor: mimalloc's own runs earlier (priority
 /// 101), Rust's runtime allocates only later, in `main`. It changes the option only when it
 /// reads mimalloc's default (2, "on where the OS overcommits"): a value set by the user
