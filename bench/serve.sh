@@ -5,7 +5,8 @@
 #      cstorage serve --verify digest
 #   2. end to end into a new store: serve + skopeo copy docker://... containers-storage:
 #      vs skopeo copy oci:LAYOUT containers-storage: (a layout on disk), the registry route,
-#      and podman save | podman load
+#      and podman save | podman load; the first two again with skopeo's temporary files on
+#      a tmpfs
 #   3. time to the first byte of the largest layer blob (median of 10)
 #   4. peak RSS of each server while 8 clients pull the largest layer
 #   5. stress: $STRESS (default 32) concurrent pulls of every layer with sha256 checks, one
@@ -20,6 +21,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$S/out" "$S/dst"
+    [ -z "${TMPD:-}" ] || rm -rf "$TMPD"
 }
 trap cleanup EXIT
 
@@ -78,6 +80,7 @@ BIG=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(max(m["
 LAYERS=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); [print(l["digest"]) for l in m["layers"]]' "$MFILE")
 
 machine_info
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "tools: docker-registry $(dpkg-query -W -f='${Version}' docker-registry), curl $(curl --version | head -1 | cut -d' ' -f2)"
 echo "image: localhost/big:latest, manifest $MDIGEST, largest layer $BIG ($(stat -c %s "$LAYOUT/blobs/sha256/${BIG#sha256:}") bytes)"
 
@@ -92,14 +95,19 @@ ratios "$S/pull.json"
 DST=$S/dst
 DSPEC="containers-storage:[overlay@$DST/root+$DST/run:$OPT]"
 DPODMAN="podman --root $DST/root --runroot $DST/run --storage-driver overlay --storage-opt $OPT --cgroup-manager=cgroupfs --events-backend=none"
-hyperfine --warmup 0 --runs "${RUNS_E2E:-2}" --export-json "$S/e2e.json" --prepare "rm -rf $DST" \
+# skopeo keeps each layer in a temporary file (in /var/tmp) until it is applied; rows 5 and
+# 6 put those files on a tmpfs (--tmpdir), which takes their write-back out of the picture.
+TMPD=$(mktemp -d /dev/shm/cstorage-bench-serve.XXXXXX)
+hyperfine --warmup 0 --runs "${RUNS_E2E:-2}" --export-json "$S/e2e.json" --prepare "rm -rf $DST $TMPD/*" \
     "skopeo copy -q oci:$LAYOUT:localhost/big:latest ${DSPEC}localhost/big:latest" \
     "skopeo copy -q --src-tls-verify=false docker://$CADDR/localhost/big:latest ${DSPEC}localhost/big:latest" \
     "skopeo copy -q --src-tls-verify=false docker://$RADDR/localhost/big:latest ${DSPEC}localhost/big:latest" \
-    "$PODMAN save localhost/big:latest | $DPODMAN load -q" >/dev/null
-echo "== 2. end to end into a new store (ratio = time / skopeo copy from an OCI layout on disk)"
+    "$PODMAN save localhost/big:latest | $DPODMAN load -q" \
+    "skopeo --tmpdir $TMPD copy -q oci:$LAYOUT:localhost/big:latest ${DSPEC}localhost/big:latest" \
+    "skopeo --tmpdir $TMPD copy -q --src-tls-verify=false docker://$CADDR/localhost/big:latest ${DSPEC}localhost/big:latest" >/dev/null
+echo "== 2. end to end into a new store (ratio = time / skopeo copy from an OCI layout on disk; the last two with skopeo's temporary files on tmpfs)"
 ratios "$S/e2e.json"
-rm -rf "$DST"
+rm -rf "$DST" "$TMPD"
 
 ttfb() {
     for _ in $(seq 10); do
@@ -143,3 +151,4 @@ t1=$(date +%s.%N)
 cat "$S"/stress/* 2>/dev/null | head -5
 echo "  $N clients, $bad failed, $(python3 -c "print(f'{$t1-$t0:.1f}')") s; server still answers: $(curl -s -o /dev/null -w '%{http_code}' "http://$CADDR/v2/")"
 [ "$bad" = 0 ]
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
