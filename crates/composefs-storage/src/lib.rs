@@ -116,6 +116,8 @@
 mod chains;
 #[cfg(feature = "composefs")]
 pub mod composefs;
+#[cfg(feature = "composefs")]
+pub mod composefs_import;
 pub mod config;
 pub mod disk_usage;
 pub mod error;

@@ -54,6 +54,24 @@ pub enum ComposefsCommand {
         #[arg(long, value_name = "DIR")]
         digest_store: Option<PathBuf>,
     },
+    /// Import an image into a composefs-rs repository as composefs-rs's OCI importer records
+    /// it (objects, layer splitstreams, config, manifest, EROFS image, the image's ref);
+    /// prints the composefs image digest.
+    Import {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The repository (created if it has no meta.json; insecure, with a note, where its
+        /// file system has no fs-verity).
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The name the image gets in the repository (`streams/refs/oci/NAME`); default:
+        /// IMAGE as given.
+        #[arg(long, value_name = "NAME")]
+        tag: Option<String>,
+        /// fs-verity hash of a repository created here (an existing one keeps its own).
+        #[arg(long, value_enum, default_value = "sha256")]
+        hash: HashAlg,
+    },
 }
 
 pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> Result<()> {
@@ -119,8 +137,140 @@ pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> R
                 );
             }
         }
+        ComposefsCommand::Import {
+            image,
+            repo,
+            tag,
+            hash,
+        } => {
+            let img = storage.find_image(image)?;
+            let tag = tag.as_deref().unwrap_or(image);
+            let hex = match repo_algorithm(repo, *hash)? {
+                HashAlg::Sha256 => import::<Sha256HashValue>(&img, repo, tag)?,
+                HashAlg::Sha512 => import::<Sha512HashValue>(&img, repo, tag)?,
+            };
+            writeln!(out, "{hex}")?;
+            out.flush().context("writing output")?;
+        }
     }
     Ok(())
+}
+
+/// The hash of the repository at `dir`: its own if it has a meta.json, else `new`.
+fn repo_algorithm(dir: &Path, new: HashAlg) -> Result<HashAlg> {
+    use cfs::composefs::fsverity::Algorithm;
+    let fd = match File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(new),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", dir.display())),
+    };
+    let alg = cfs::composefs::repository::read_repo_algorithm(&fd)
+        .with_context(|| format!("composefs repository {}", dir.display()))?;
+    Ok(match alg {
+        None => new,
+        Some(Algorithm::Sha256 { .. }) => HashAlg::Sha256,
+        Some(Algorithm::Sha512 { .. }) => HashAlg::Sha512,
+    })
+}
+
+/// Opens the repository at `dir`, creating it (secure where the file system supports
+/// fs-verity, else insecure with a note) if it has no meta.json.
+fn open_repo<H: FsVerityHashValue>(
+    dir: &Path,
+) -> Result<std::sync::Arc<cfs::composefs::repository::Repository<H>>> {
+    use cfs::composefs::fsverity::Algorithm;
+    use cfs::composefs::repository::{Repository, RepositoryConfig};
+    let ctx = || format!("composefs repository {}", dir.display());
+    if !dir.join("meta.json").exists() {
+        std::fs::create_dir_all(dir).with_context(ctx)?;
+        let mut config = RepositoryConfig::new(Algorithm::for_hash::<H>());
+        if !verity_supported::<H>(dir) {
+            eprintln!(
+                "note: {}: the file system has no fs-verity; creating an insecure repository \
+                 (objects without fs-verity)",
+                dir.display()
+            );
+            config = config.set_insecure();
+        }
+        let (repo, _) =
+            Repository::<H>::init_path(rustix::fs::CWD, dir, config).with_context(ctx)?;
+        return Ok(std::sync::Arc::new(repo));
+    }
+    let repo = Repository::<H>::open_path(rustix::fs::CWD, dir).with_context(ctx)?;
+    Ok(std::sync::Arc::new(repo))
+}
+
+/// Whether fs-verity can be enabled on a file in `dir` (tried on an unnamed temporary file).
+fn verity_supported<H: FsVerityHashValue>(dir: &Path) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) else {
+        return false;
+    };
+    let f = File::from(fd);
+    if (&f).write_all(&[0u8; 4096]).is_err() {
+        return false;
+    }
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+    let Ok(ro) = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    drop(f);
+    cfs::composefs::fsverity::enable_verity_with_retry::<H>(&ro).is_ok()
+}
+
+fn import<H: FsVerityHashValue>(img: &Image, dir: &Path, tag: &str) -> Result<String> {
+    let repo = open_repo::<H>(dir)?;
+    let total: u64 = img
+        .layers()?
+        .iter()
+        .map(|l| l.diff_size().unwrap_or(0))
+        .sum();
+    let pb = crate::export::progress_bar(
+        Some(total),
+        format!("composefs import {}", crate::fmt::short_id(img.id())),
+    );
+    let done = AtomicU64::new(0);
+    let progress = |n: u64| {
+        let v = done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(pb) = &pb {
+            pb.set_position(v);
+        }
+    };
+    let opts = composefs_storage::composefs_import::ImportOptions {
+        tag: Some(tag),
+        progress: Some(&progress),
+        ..Default::default()
+    };
+    let r = composefs_storage::composefs_import::import_image(&repo, dir, img, &opts)
+        .with_context(|| format!("image {}: importing into {}", img.id(), dir.display()));
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let r = r?;
+    if !r.verity && r.objects_written > 0 {
+        eprintln!(
+            "note: {}: the file system has no fs-verity; objects were stored without it",
+            dir.display()
+        );
+    }
+    log::info!(
+        "{}: {} layers written, {} present; {} objects written ({} reflinked), {} present",
+        dir.display(),
+        r.layers_written,
+        r.layers_present,
+        r.objects_written,
+        r.objects_reflinked,
+        r.objects_present
+    );
+    Ok(r.image.to_hex())
 }
 
 fn build<H: FsVerityHashValue>(
