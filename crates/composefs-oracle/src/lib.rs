@@ -77,8 +77,9 @@ pub struct RepoView {
     pub image_ref: Option<String>,
     /// The composefs image digest composefs-rs computes from the layer splitstreams
     /// (`create_filesystem` with the default OCI transforms), in the repository's default
-    /// format.
-    pub computed_digest: String,
+    /// format; its error where it refuses the image (composefs-oci 0.9.4 refuses an image
+    /// without `/usr`).
+    pub computed_digest: Result<String, String>,
     /// Per diff_id (in the config's order): the layer splitstream's object ID (hex) and the
     /// objects it references (hex, sorted).
     pub layers: Vec<(String, String, Vec<String>)>,
@@ -141,14 +142,14 @@ pub fn view<H: FsVerityHashValue>(repo_dir: &Path, name: &str) -> Result<RepoVie
         composefs_oci::oci_image::OciImage::open(&*repo, &manifest_digest, Some(&manifest_verity))
             .context("opening the image")?;
     let version = repo.erofs_version();
-    let fs = composefs_oci::image::create_filesystem(
+    let computed_digest = composefs_oci::image::create_filesystem(
         &*repo,
         img.config_digest(),
         Some(img.config_verity()),
         &OciTransformOptions::default(),
     )
-    .context("create_filesystem")?;
-    let computed_digest = fs.compute_image_id(version).to_hex();
+    .map(|fs| fs.compute_image_id(version).to_hex())
+    .map_err(|e| format!("{e:#}"));
     let config =
         composefs_oci::open_config(&*repo, img.config_digest(), Some(img.config_verity()))?;
     let mut layers = Vec::new();

@@ -113,19 +113,21 @@ pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> R
             let r =
                 build::<Sha256HashValue>(&img, store.as_ref().map(|_| sink_ref)).and_then(|fs| {
                     // Objects of files the image does not show (overwritten or deleted by
-                    // an upper layer) were stored while hashing: take them out again, as
-                    // mkcomposefs stores only what the image references.
-                    let used = referenced(&fs);
+                    // an upper layer) were stored while hashing: take them out now, as
+                    // mkcomposefs stores only what the image references, and so that no
+                    // list of objects is held while the EROFS image is built.
+                    if let Some(s) = &store {
+                        s.keep_only_referenced(&fs);
+                    }
                     let erofs = cfs::erofs_image(fs)?;
                     write_output(Some(output), "an EROFS image", |w| {
                         w.write_all(&erofs)?;
                         Ok(())
-                    })?;
-                    Ok(used)
+                    })
                 });
-            if let Some(s) = &store {
+            if let (Some(s), Err(_)) = (&store, &r) {
                 // On failure, nothing this run stored stays behind.
-                s.remove_written_except(r.as_ref().ok());
+                s.remove_created();
             }
             r?;
             if let Some(s) = &store {
@@ -306,20 +308,6 @@ fn build<H: FsVerityHashValue>(
     Ok(fs)
 }
 
-/// The hex digests of the external files `fs` references.
-fn referenced<H: FsVerityHashValue>(
-    fs: &cfs::composefs::tree::FileSystem<H>,
-) -> std::collections::HashSet<String> {
-    use cfs::composefs::tree::{LeafContent, RegularFile};
-    fs.leaves
-        .iter()
-        .filter_map(|l| match &l.content {
-            LeafContent::Regular(RegularFile::External(d, _)) => Some(d.to_hex()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
     let fs = build::<H>(img, None)?;
     let erofs = cfs::erofs_image(fs)?;
@@ -348,13 +336,13 @@ fn write_output(
 }
 
 /// A `mkcomposefs --digest-store` directory: `XX/REST` files named by fs-verity digest.
-struct DigestStore {
+struct DigestStore<H: FsVerityHashValue> {
     root: PathBuf,
     written: AtomicU64,
     reused: AtomicU64,
     seq: AtomicU64,
-    /// Objects this run created (hex digests).
-    created: std::sync::Mutex<Vec<String>>,
+    /// Objects this run created (their digests, not hex strings: 32 bytes each).
+    created: std::sync::Mutex<Vec<H>>,
     /// The `XX` directories known to exist.
     dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     /// Whether reflinks and `copy_file_range` to this store still look possible (the first
@@ -364,8 +352,8 @@ struct DigestStore {
     pid: u32,
 }
 
-impl DigestStore {
-    fn open(root: &Path) -> Result<DigestStore> {
+impl<H: FsVerityHashValue> DigestStore<H> {
+    fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating digest store {}", root.display()))?;
         Ok(DigestStore {
@@ -384,7 +372,7 @@ impl DigestStore {
     /// Stores `src` (`size` bytes) as the object `digest` unless it is there already: a
     /// reflink (FICLONE) where the file system allows it, else a copy (`copy_file_range`);
     /// never a hard link to the store's file.
-    fn put<H: FsVerityHashValue>(&self, digest: &H, src: &File, size: u64) -> Result<()> {
+    fn put(&self, digest: &H, src: &File, size: u64) -> Result<()> {
         let rel = cfs::object_path(digest);
         let dest = self.root.join(&rel);
         if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
@@ -424,32 +412,52 @@ impl DigestStore {
         r?;
         self.written.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = self.created.lock() {
-            c.push(digest.to_hex());
+            c.push(digest.clone());
         }
         Ok(())
     }
 
-    /// Removes the objects this run created, except those in `keep`.
-    fn remove_written_except(&self, keep: Option<&std::collections::HashSet<String>>) {
-        let Ok(created) = self.created.lock() else {
+    /// Removes the objects this run created that `fs` does not reference; only the others
+    /// stay on the list of created objects.
+    fn keep_only_referenced(&self, fs: &cfs::composefs::tree::FileSystem<H>) {
+        use cfs::composefs::tree::{LeafContent, RegularFile};
+        let Ok(mut created) = self.created.lock() else {
             return;
         };
-        for hex in created.iter() {
-            if keep.is_some_and(|k| k.contains(hex)) {
-                continue;
-            }
-            let path = self.root.join(&hex[..2]).join(&hex[2..]);
-            if std::fs::remove_file(&path).is_ok() {
-                self.written.fetch_sub(1, Ordering::Relaxed);
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::remove_dir(dir); // only if now empty
-                }
-            }
+        let used: std::collections::HashSet<&H> = fs
+            .leaves
+            .iter()
+            .filter_map(|l| match &l.content {
+                LeafContent::Regular(RegularFile::External(d, _)) => Some(d),
+                _ => None,
+            })
+            .collect();
+        created.retain(|d| used.contains(d) || !self.remove(d));
+        created.shrink_to_fit();
+    }
+
+    /// Removes every object this run created.
+    fn remove_created(&self) {
+        if let Ok(mut created) = self.created.lock() {
+            created.retain(|d| !self.remove(d));
         }
+    }
+
+    /// Removes one object (and its directory if now empty); whether it was removed.
+    fn remove(&self, digest: &H) -> bool {
+        let path = self.root.join(cfs::object_path(digest));
+        if std::fs::remove_file(&path).is_err() {
+            return false;
+        }
+        self.written.fetch_sub(1, Ordering::Relaxed);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir); // only if now empty
+        }
+        true
     }
 }
 
-impl DigestStore {
+impl<H: FsVerityHashValue> DigestStore<H> {
     /// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
     /// `copy_file_range`, else read/write.
     fn copy_content(&self, src: &File, out: &File, size: u64) -> std::io::Result<()> {
@@ -494,7 +502,7 @@ fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     thread_local! {
         // One copy buffer per worker thread, not one per object.
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 << 10]);
     }
     BUF.with_borrow_mut(|buf| {
         let mut off = 0u64;

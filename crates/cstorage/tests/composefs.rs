@@ -1014,6 +1014,33 @@ fn rootless_user_gets_the_same_image_as_root() {
             as_root(&["composefs", "digest", image]),
             "{image}"
         );
+        // `composefs import` as the user, into a repository in the user's home: the same
+        // image digest, and composefs-rs's library reads the repository.
+        let repo = store
+            .home
+            .join(format!("repo-{}", image.replace(['/', ':'], "_")));
+        let imported = as_user(&[
+            "composefs",
+            "import",
+            image,
+            "--repo",
+            repo.to_str().unwrap(),
+        ]);
+        let digest = as_root(&["composefs", "digest", image]);
+        assert_eq!(imported, digest, "{image}");
+        let v = composefs_oracle::view::<Sha256HashValue>(&repo, image).unwrap();
+        assert_eq!(
+            v.image_ref.as_deref(),
+            Some(String::from_utf8_lossy(&digest).trim()),
+            "{image}"
+        );
+        // composefs-oci 0.9.4 cannot rebuild the tree itself: these images have no /usr.
+        assert!(
+            v.computed_digest.as_ref().is_err_and(|e| e.contains("usr")),
+            "{image}: {:?}",
+            v.computed_digest
+        );
+        assert!(v.fsck_ok, "{image}: {}", v.fsck_report);
         // The image's own owners, not the host's mapped IDs.
         let dump = String::from_utf8(user_dump).unwrap();
         assert!(
@@ -1150,7 +1177,7 @@ fn import_is_read_by_composefs_rs_like_its_own_import() {
             .unwrap_or_else(|e| panic!("{name}: composefs-rs cannot read our import: {e:#}"));
         assert!(v.fsck_ok, "{name}: {}", v.fsck_report);
         assert_eq!(v.image_ref.as_deref(), Some(digest.trim()), "{name}");
-        assert_eq!(v.computed_digest, digest.trim(), "{name}");
+        assert_eq!(v.computed_digest.as_deref(), Ok(digest.trim()), "{name}");
         let diff_ids: Vec<String> = v.layers.iter().map(|l| l.0.clone()).collect();
         assert_eq!(v.layer_tar_sha256, diff_ids, "{name}: reassembled tars");
         // The objects are copies (or reflinks): one link each, none is a store file.
