@@ -176,17 +176,22 @@ fn repo_algorithm(dir: &Path, new: HashAlg) -> Result<HashAlg> {
 }
 
 /// Opens the repository at `dir`, creating it (secure where the file system supports
-/// fs-verity, else insecure with a note) if it has no meta.json.
+/// fs-verity, else insecure with a note) if it has no meta.json. Also says whether that
+/// note was given.
 fn open_repo<H: FsVerityHashValue>(
     dir: &Path,
-) -> Result<std::sync::Arc<cfs::composefs::repository::Repository<H>>> {
+) -> Result<(
+    std::sync::Arc<cfs::composefs::repository::Repository<H>>,
+    bool,
+)> {
     use cfs::composefs::fsverity::Algorithm;
     use cfs::composefs::repository::{Repository, RepositoryConfig};
     let ctx = || format!("composefs repository {}", dir.display());
     if !dir.join("meta.json").exists() {
         std::fs::create_dir_all(dir).with_context(ctx)?;
         let mut config = RepositoryConfig::new(Algorithm::for_hash::<H>());
-        if !verity_supported::<H>(dir) {
+        let noted = !verity_supported::<H>(dir);
+        if noted {
             eprintln!(
                 "note: {}: the file system has no fs-verity; creating an insecure repository \
                  (objects without fs-verity)",
@@ -196,10 +201,10 @@ fn open_repo<H: FsVerityHashValue>(
         }
         let (repo, _) =
             Repository::<H>::init_path(rustix::fs::CWD, dir, config).with_context(ctx)?;
-        return Ok(std::sync::Arc::new(repo));
+        return Ok((std::sync::Arc::new(repo), noted));
     }
     let repo = Repository::<H>::open_path(rustix::fs::CWD, dir).with_context(ctx)?;
-    Ok(std::sync::Arc::new(repo))
+    Ok((std::sync::Arc::new(repo), false))
 }
 
 /// Whether fs-verity can be enabled on a file in `dir` (tried on an unnamed temporary file).
@@ -229,7 +234,7 @@ fn verity_supported<H: FsVerityHashValue>(dir: &Path) -> bool {
 }
 
 fn import<H: FsVerityHashValue>(img: &Image, dir: &Path, tag: &str) -> Result<String> {
-    let repo = open_repo::<H>(dir)?;
+    let (repo, noted) = open_repo::<H>(dir)?;
     let total: u64 = img
         .layers()?
         .iter()
@@ -257,7 +262,7 @@ fn import<H: FsVerityHashValue>(img: &Image, dir: &Path, tag: &str) -> Result<St
         pb.finish_and_clear();
     }
     let r = r?;
-    if !r.verity && r.objects_written > 0 {
+    if !r.verity && r.objects_written > 0 && !noted {
         eprintln!(
             "note: {}: the file system has no fs-verity; objects were stored without it",
             dir.display()
