@@ -3,6 +3,7 @@
 # single-layer image of real files copied from /usr, the store of layer-export.sh):
 #   cstorage composefs digest            vs  composefs-rs's own containers-storage import
 #   cstorage composefs mkfs --digest-store  (composefs-oci 0.9.4, bench/composefs-rs) into an
+#   cstorage composefs import --repo (tmpfs)
 #                                            empty repository on a tmpfs (both copy; its
 #                                            zerocopy mode refuses to copy, so --copy) and on
 #                                            the store's file system (zerocopy: hard links)
@@ -54,6 +55,11 @@ THEIRS=$(CONTAINERS_STORAGE_ROOT=$ROOT $CFSRS "$T/repo" "$IMG" --copy)
 echo "cstorage composefs digest: $OURS"
 echo "composefs-rs import:       $THEIRS"
 test "$OURS" = "$THEIRS"
+rm -rf "$T/ours"
+IMPORTED=$($CSTA composefs import $IMG --repo "$T/ours" 2>/dev/null)
+echo "cstorage composefs import: $IMPORTED"
+test "$OURS" = "$IMPORTED"
+rm -rf "$T/ours"
 # (mkcomposefs sees the diff directory as it is on disk, so its digest differs: no OCI
 # transforms, the directory's own root metadata.)
 echo "mkcomposefs on the tree:   $($TRIXIE run mkcomposefs --min-version=1 --print-digest-only $TREE)"
@@ -63,9 +69,10 @@ json=$D/composefs.json
 echo
 echo "== warm page cache (ratio = time / cstorage composefs digest)"
 hyperfine --warmup 1 --runs ${RUNS:-5} --export-json "$json" \
-    --prepare "rm -rf $T/repo $T/objs $T/x.cfs $D/repo-samefs" \
+    --prepare "rm -rf $T/repo $T/objs $T/x.cfs $T/ours $D/repo-samefs" \
     "$CSTA composefs digest $IMG" \
     "$CSTA composefs mkfs $IMG -o $T/x.cfs --digest-store $T/objs" \
+    "$CSTA composefs import $IMG --repo $T/ours" \
     "CONTAINERS_STORAGE_ROOT=$ROOT $CFSRS $T/repo $IMG --copy" \
     "CONTAINERS_STORAGE_ROOT=$ROOT $CFSRS $D/repo-samefs $IMG" \
     "$TRIXIE run mkcomposefs --min-version=1 --print-digest-only $TREE" \
@@ -80,10 +87,18 @@ for x in json.load(open(sys.argv[1]))["results"]:
     print(f"  {(x['user'] + x['system']) / x['mean']:5.2f}   {x['command']}")
 PY
 echo "(tmpfs: $T; samefs: $D/repo-samefs on the store's file system; the last command is the chroot's own overhead, included in the mkcomposefs time)"
+python3 - "$json" <<'PY'
+import json, sys
+r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
+ours = next(v for k, v in r.items() if " composefs import " in k)
+theirs = next(v for k, v in r.items() if "/repo " in k and k.endswith("--copy"))
+print(f"== import into an empty repository on a tmpfs: composefs-rs {theirs:.2f} s / cstorage {ours:.2f} s = {theirs / ours:.2f}x (goal >= 2x)")
+PY
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== peak RSS"
-rm -rf "$T/repo" "$T/objs" "$D/repo-samefs"
+rm -rf "$T/repo" "$T/objs" "$T/ours" "$D/repo-samefs"
 /usr/bin/time -f "  cstorage composefs digest: %M KiB" $CSTA composefs digest $IMG >/dev/null
 /usr/bin/time -f "  cstorage composefs mkfs --digest-store (tmpfs): %M KiB" $CSTA composefs mkfs $IMG -o $T/x.cfs --digest-store $T/objs
+/usr/bin/time -f "  cstorage composefs import --repo (tmpfs): %M KiB" $CSTA composefs import $IMG --repo $T/ours >/dev/null
 CONTAINERS_STORAGE_ROOT=$ROOT /usr/bin/time -f "  composefs-rs import (tmpfs, copies): %M KiB" $CFSRS $T/repo $IMG --copy >/dev/null

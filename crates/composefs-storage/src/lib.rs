@@ -110,6 +110,8 @@
 
 #[cfg(feature = "composefs")]
 pub mod composefs;
+#[cfg(feature = "composefs")]
+pub mod composefs_import;
 pub mod error;
 pub mod export;
 mod fsutil;

@@ -54,6 +54,24 @@ pub enum ComposefsCommand {
         #[arg(long, value_name = "DIR")]
         digest_store: Option<PathBuf>,
     },
+    /// Import an image into a composefs-rs repository as composefs-rs's OCI importer records
+    /// it (objects, layer splitstreams, config, manifest, EROFS image, the image's ref);
+    /// prints the composefs image digest.
+    Import {
+        /// Image ID, ID prefix, name, reference or digest.
+        image: String,
+        /// The repository (created if it has no meta.json; insecure, with a note, where its
+        /// file system has no fs-verity).
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The name the image gets in the repository (`streams/refs/oci/NAME`); default:
+        /// IMAGE as given.
+        #[arg(long, value_name = "NAME")]
+        tag: Option<String>,
+        /// fs-verity hash of a repository created here (an existing one keeps its own).
+        #[arg(long, value_enum, default_value = "sha256")]
+        hash: HashAlg,
+    },
 }
 
 pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> Result<()> {
@@ -95,19 +113,21 @@ pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> R
             let r =
                 build::<Sha256HashValue>(&img, store.as_ref().map(|_| sink_ref)).and_then(|fs| {
                     // Objects of files the image does not show (overwritten or deleted by
-                    // an upper layer) were stored while hashing: take them out again, as
-                    // mkcomposefs stores only what the image references.
-                    let used = referenced(&fs);
+                    // an upper layer) were stored while hashing: take them out now, as
+                    // mkcomposefs stores only what the image references, and so that no
+                    // list of objects is held while the EROFS image is built.
+                    if let Some(s) = &store {
+                        s.keep_only_referenced(&fs);
+                    }
                     let erofs = cfs::erofs_image(fs)?;
                     write_output(Some(output), "an EROFS image", |w| {
                         w.write_all(&erofs)?;
                         Ok(())
-                    })?;
-                    Ok(used)
+                    })
                 });
-            if let Some(s) = &store {
+            if let (Some(s), Err(_)) = (&store, &r) {
                 // On failure, nothing this run stored stays behind.
-                s.remove_written_except(r.as_ref().ok());
+                s.remove_created();
             }
             r?;
             if let Some(s) = &store {
@@ -119,8 +139,145 @@ pub fn run(storage: &Storage, cmd: &ComposefsCommand, out: &mut impl Write) -> R
                 );
             }
         }
+        ComposefsCommand::Import {
+            image,
+            repo,
+            tag,
+            hash,
+        } => {
+            let img = storage.find_image(image)?;
+            let tag = tag.as_deref().unwrap_or(image);
+            let hex = match repo_algorithm(repo, *hash)? {
+                HashAlg::Sha256 => import::<Sha256HashValue>(&img, repo, tag)?,
+                HashAlg::Sha512 => import::<Sha512HashValue>(&img, repo, tag)?,
+            };
+            writeln!(out, "{hex}")?;
+            out.flush().context("writing output")?;
+        }
     }
     Ok(())
+}
+
+/// The hash of the repository at `dir`: its own if it has a meta.json, else `new`.
+fn repo_algorithm(dir: &Path, new: HashAlg) -> Result<HashAlg> {
+    use cfs::composefs::fsverity::Algorithm;
+    let fd = match File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(new),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", dir.display())),
+    };
+    let alg = cfs::composefs::repository::read_repo_algorithm(&fd)
+        .with_context(|| format!("composefs repository {}", dir.display()))?;
+    Ok(match alg {
+        None => new,
+        Some(Algorithm::Sha256 { .. }) => HashAlg::Sha256,
+        Some(Algorithm::Sha512 { .. }) => HashAlg::Sha512,
+    })
+}
+
+/// Opens the repository at `dir`, creating it (secure where the file system supports
+/// fs-verity, else insecure with a note) if it has no meta.json. Also says whether that
+/// note was given.
+fn open_repo<H: FsVerityHashValue>(
+    dir: &Path,
+) -> Result<(
+    std::sync::Arc<cfs::composefs::repository::Repository<H>>,
+    bool,
+)> {
+    use cfs::composefs::fsverity::Algorithm;
+    use cfs::composefs::repository::{Repository, RepositoryConfig};
+    let ctx = || format!("composefs repository {}", dir.display());
+    if !dir.join("meta.json").exists() {
+        std::fs::create_dir_all(dir).with_context(ctx)?;
+        let mut config = RepositoryConfig::new(Algorithm::for_hash::<H>());
+        let noted = !verity_supported::<H>(dir);
+        if noted {
+            eprintln!(
+                "note: {}: the file system has no fs-verity; creating an insecure repository \
+                 (objects without fs-verity)",
+                dir.display()
+            );
+            config = config.set_insecure();
+        }
+        let (repo, _) =
+            Repository::<H>::init_path(rustix::fs::CWD, dir, config).with_context(ctx)?;
+        return Ok((std::sync::Arc::new(repo), noted));
+    }
+    let repo = Repository::<H>::open_path(rustix::fs::CWD, dir).with_context(ctx)?;
+    Ok((std::sync::Arc::new(repo), false))
+}
+
+/// Whether fs-verity can be enabled on a file in `dir` (tried on an unnamed temporary file).
+fn verity_supported<H: FsVerityHashValue>(dir: &Path) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) else {
+        return false;
+    };
+    let f = File::from(fd);
+    if (&f).write_all(&[0u8; 4096]).is_err() {
+        return false;
+    }
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+    let Ok(ro) = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    drop(f);
+    cfs::composefs::fsverity::enable_verity_with_retry::<H>(&ro).is_ok()
+}
+
+fn import<H: FsVerityHashValue>(img: &Image, dir: &Path, tag: &str) -> Result<String> {
+    let (repo, noted) = open_repo::<H>(dir)?;
+    let total: u64 = img
+        .layers()?
+        .iter()
+        .map(|l| l.diff_size().unwrap_or(0))
+        .sum();
+    let pb = crate::export::progress_bar(
+        Some(total),
+        format!("composefs import {}", crate::fmt::short_id(img.id())),
+    );
+    let done = AtomicU64::new(0);
+    let progress = |n: u64| {
+        let v = done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(pb) = &pb {
+            pb.set_position(v);
+        }
+    };
+    let opts = composefs_storage::composefs_import::ImportOptions {
+        tag: Some(tag),
+        progress: Some(&progress),
+        ..Default::default()
+    };
+    let r = composefs_storage::composefs_import::import_image(&repo, dir, img, &opts)
+        .with_context(|| format!("image {}: importing into {}", img.id(), dir.display()));
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let r = r?;
+    if !r.verity && r.objects_written > 0 && !noted {
+        eprintln!(
+            "note: {}: the file system has no fs-verity; objects were stored without it",
+            dir.display()
+        );
+    }
+    log::info!(
+        "{}: {} layers written, {} present; {} objects written ({} reflinked), {} present",
+        dir.display(),
+        r.layers_written,
+        r.layers_present,
+        r.objects_written,
+        r.objects_reflinked,
+        r.objects_present
+    );
+    Ok(r.image.to_hex())
 }
 
 fn build<H: FsVerityHashValue>(
@@ -156,20 +313,6 @@ fn build<H: FsVerityHashValue>(
     Ok(fs)
 }
 
-/// The hex digests of the external files `fs` references.
-fn referenced<H: FsVerityHashValue>(
-    fs: &cfs::composefs::tree::FileSystem<H>,
-) -> std::collections::HashSet<String> {
-    use cfs::composefs::tree::{LeafContent, RegularFile};
-    fs.leaves
-        .iter()
-        .filter_map(|l| match &l.content {
-            LeafContent::Regular(RegularFile::External(d, _)) => Some(d.to_hex()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
     let fs = build::<H>(img, None)?;
     let erofs = cfs::erofs_image(fs)?;
@@ -198,13 +341,13 @@ fn write_output(
 }
 
 /// A `mkcomposefs --digest-store` directory: `XX/REST` files named by fs-verity digest.
-struct DigestStore {
+struct DigestStore<H: FsVerityHashValue> {
     root: PathBuf,
     written: AtomicU64,
     reused: AtomicU64,
     seq: AtomicU64,
-    /// Objects this run created (hex digests).
-    created: std::sync::Mutex<Vec<String>>,
+    /// Objects this run created (their digests, not hex strings: 32 bytes each).
+    created: std::sync::Mutex<Vec<H>>,
     /// The `XX` directories known to exist.
     dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     /// Whether reflinks and `copy_file_range` to this store still look possible (the first
@@ -214,8 +357,8 @@ struct DigestStore {
     pid: u32,
 }
 
-impl DigestStore {
-    fn open(root: &Path) -> Result<DigestStore> {
+impl<H: FsVerityHashValue> DigestStore<H> {
+    fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating digest store {}", root.display()))?;
         Ok(DigestStore {
@@ -234,7 +377,7 @@ impl DigestStore {
     /// Stores `src` (`size` bytes) as the object `digest` unless it is there already: a
     /// reflink (FICLONE) where the file system allows it, else a copy (`copy_file_range`);
     /// never a hard link to the store's file.
-    fn put<H: FsVerityHashValue>(&self, digest: &H, src: &File, size: u64) -> Result<()> {
+    fn put(&self, digest: &H, src: &File, size: u64) -> Result<()> {
         let rel = cfs::object_path(digest);
         let dest = self.root.join(&rel);
         if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
@@ -274,32 +417,52 @@ impl DigestStore {
         r?;
         self.written.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = self.created.lock() {
-            c.push(digest.to_hex());
+            c.push(digest.clone());
         }
         Ok(())
     }
 
-    /// Removes the objects this run created, except those in `keep`.
-    fn remove_written_except(&self, keep: Option<&std::collections::HashSet<String>>) {
-        let Ok(created) = self.created.lock() else {
+    /// Removes the objects this run created that `fs` does not reference; only the others
+    /// stay on the list of created objects.
+    fn keep_only_referenced(&self, fs: &cfs::composefs::tree::FileSystem<H>) {
+        use cfs::composefs::tree::{LeafContent, RegularFile};
+        let Ok(mut created) = self.created.lock() else {
             return;
         };
-        for hex in created.iter() {
-            if keep.is_some_and(|k| k.contains(hex)) {
-                continue;
-            }
-            let path = self.root.join(&hex[..2]).join(&hex[2..]);
-            if std::fs::remove_file(&path).is_ok() {
-                self.written.fetch_sub(1, Ordering::Relaxed);
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::remove_dir(dir); // only if now empty
-                }
-            }
+        let used: std::collections::HashSet<&H> = fs
+            .leaves
+            .iter()
+            .filter_map(|l| match &l.content {
+                LeafContent::Regular(RegularFile::External(d, _)) => Some(d),
+                _ => None,
+            })
+            .collect();
+        created.retain(|d| used.contains(d) || !self.remove(d));
+        created.shrink_to_fit();
+    }
+
+    /// Removes every object this run created.
+    fn remove_created(&self) {
+        if let Ok(mut created) = self.created.lock() {
+            created.retain(|d| !self.remove(d));
         }
+    }
+
+    /// Removes one object (and its directory if now empty); whether it was removed.
+    fn remove(&self, digest: &H) -> bool {
+        let path = self.root.join(cfs::object_path(digest));
+        if std::fs::remove_file(&path).is_err() {
+            return false;
+        }
+        self.written.fetch_sub(1, Ordering::Relaxed);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir); // only if now empty
+        }
+        true
     }
 }
 
-impl DigestStore {
+impl<H: FsVerityHashValue> DigestStore<H> {
     /// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
     /// `copy_file_range`, else read/write.
     fn copy_content(&self, src: &File, out: &File, size: u64) -> std::io::Result<()> {
@@ -344,7 +507,7 @@ fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     thread_local! {
         // One copy buffer per worker thread, not one per object.
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 << 10]);
     }
     BUF.with_borrow_mut(|buf| {
         let mut off = 0u64;

@@ -1014,6 +1014,33 @@ fn rootless_user_gets_the_same_image_as_root() {
             as_root(&["composefs", "digest", image]),
             "{image}"
         );
+        // `composefs import` as the user, into a repository in the user's home: the same
+        // image digest, and composefs-rs's library reads the repository.
+        let repo = store
+            .home
+            .join(format!("repo-{}", image.replace(['/', ':'], "_")));
+        let imported = as_user(&[
+            "composefs",
+            "import",
+            image,
+            "--repo",
+            repo.to_str().unwrap(),
+        ]);
+        let digest = as_root(&["composefs", "digest", image]);
+        assert_eq!(imported, digest, "{image}");
+        let v = composefs_oracle::view::<Sha256HashValue>(&repo, image).unwrap();
+        assert_eq!(
+            v.image_ref.as_deref(),
+            Some(String::from_utf8_lossy(&digest).trim()),
+            "{image}"
+        );
+        // composefs-oci 0.9.4 cannot rebuild the tree itself: these images have no /usr.
+        assert!(
+            v.computed_digest.as_ref().is_err_and(|e| e.contains("usr")),
+            "{image}: {:?}",
+            v.computed_digest
+        );
+        assert!(v.fsck_ok, "{image}: {}", v.fsck_report);
         // The image's own owners, not the host's mapped IDs.
         let dump = String::from_utf8(user_dump).unwrap();
         assert!(
@@ -1100,5 +1127,200 @@ fn digest_store_objects_are_copies_and_are_reused() {
     assert_eq!(
         std::fs::read(tmp.path().join("a.cfs")).unwrap(),
         std::fs::read(tmp.path().join("b.cfs")).unwrap()
+    );
+}
+
+// ---- `composefs import --repo`: a composefs-rs repository, read by composefs-rs ----
+
+fn import(store: &TestStore, name: &str, repo: &Path) -> Output {
+    cst(
+        store,
+        &[
+            "--log-level",
+            "info",
+            "composefs",
+            "import",
+            name,
+            "--repo",
+            repo.to_str().unwrap(),
+        ],
+    )
+}
+
+/// After our import, composefs-rs's library opens the repository, finds the image by its
+/// ref and computes the digest `cstorage composefs digest` prints, from the layer
+/// splitstreams we wrote; its fsck finds nothing wrong. composefs-oci's own import of the
+/// same image (OCI layout exported by skopeo from the same store) into another repository
+/// gives byte-identical layer splitstreams (same object IDs), the same objects, the same
+/// config splitstream and the same EROFS image. What may differ, and does: the manifest —
+/// skopeo's OCI layout holds a manifest it wrote (its own compressed layer blobs and their
+/// digests), not the store's, so the manifest digest and its splitstream differ; the ref
+/// points to each repository's own manifest.
+#[test]
+fn import_is_read_by_composefs_rs_like_its_own_import() {
+    let fx = fx();
+    let q = quirks();
+    let cases: [(&TestStore, &str); 3] = [
+        (&fx.native, "localhost/three:latest"),
+        (&fx.fuse, "localhost/three:latest"),
+        (&q.store, "localhost/zoo:latest"),
+    ];
+    for (store, name) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("ours");
+        let o = import(store, name, &ours);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        let printed = String::from_utf8(ok("import", o)).unwrap();
+        let digest = String::from_utf8(cst_ok(store, &["composefs", "digest", name])).unwrap();
+        assert_eq!(printed.trim(), digest.trim(), "{name}: {err}");
+        let v = composefs_oracle::view::<Sha256HashValue>(&ours, name)
+            .unwrap_or_else(|e| panic!("{name}: composefs-rs cannot read our import: {e:#}"));
+        assert!(v.fsck_ok, "{name}: {}", v.fsck_report);
+        assert_eq!(v.image_ref.as_deref(), Some(digest.trim()), "{name}");
+        assert_eq!(v.computed_digest.as_deref(), Ok(digest.trim()), "{name}");
+        let diff_ids: Vec<String> = v.layers.iter().map(|l| l.0.clone()).collect();
+        assert_eq!(v.layer_tar_sha256, diff_ids, "{name}: reassembled tars");
+        // The objects are copies (or reflinks): one link each, none is a store file.
+        let mut n = 0;
+        for d in std::fs::read_dir(ours.join("objects")).unwrap() {
+            let d = d.unwrap();
+            if !d.file_type().unwrap().is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(d.path()).unwrap() {
+                let md = f.unwrap().metadata().unwrap();
+                assert_eq!(md.nlink(), 1, "{name}: an object is a hard link");
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+
+        // composefs-oci's own import of the same image.
+        let layout = tmp.path().join("layout");
+        skopeo_export(store, name, &layout, "t");
+        let theirs = tmp.path().join("theirs");
+        composefs_oracle::import_layout_tagged::<Sha256HashValue>(&layout, "t", &theirs, name)
+            .unwrap_or_else(|e| panic!("{name}: composefs-oci import: {e:#}"));
+        let t = composefs_oracle::view::<Sha256HashValue>(&theirs, name).unwrap();
+        assert!(t.fsck_ok, "{name}: {}", t.fsck_report);
+        assert_eq!(t.image_ref, v.image_ref, "{name}: EROFS image");
+        assert_eq!(t.computed_digest, v.computed_digest, "{name}");
+        assert_eq!(t.layers, v.layers, "{name}: layer splitstreams / objects");
+        assert_eq!(t.config_digest, v.config_digest, "{name}: config");
+        assert_eq!(
+            t.config_verity, v.config_verity,
+            "{name}: config splitstream"
+        );
+        assert_ne!(
+            t.manifest_digest, v.manifest_digest,
+            "{name}: the manifests"
+        );
+        // Every object (contents, splitstreams, JSON, EROFS) except the manifest's JSON and
+        // splitstream is in both repositories.
+        let objects = |r: &Path| -> std::collections::BTreeSet<String> {
+            let mut s = std::collections::BTreeSet::new();
+            for d in std::fs::read_dir(r.join("objects")).unwrap() {
+                let d = d.unwrap();
+                if d.file_type().unwrap().is_dir() {
+                    for f in std::fs::read_dir(d.path()).unwrap() {
+                        s.insert(format!(
+                            "{}{}",
+                            d.file_name().to_str().unwrap(),
+                            f.unwrap().file_name().to_str().unwrap()
+                        ));
+                    }
+                }
+            }
+            s
+        };
+        let (a, b) = (objects(&ours), objects(&theirs));
+        assert_eq!(
+            a.difference(&b).count(),
+            2,
+            "{name}: ours only: {a:?} {b:?}"
+        );
+        // composefs-oci writes the config and manifest splitstreams twice (before and after
+        // linking the EROFS image); the first ones stay as unreferenced objects.
+        assert!(b.difference(&a).count() >= 2, "{name}");
+
+        // A second import reuses every object and layer.
+        let o = import(store, name, &ours);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(
+            String::from_utf8(ok("import", o)).unwrap().trim(),
+            digest.trim()
+        );
+        assert!(
+            err.contains("0 layers written") && err.contains("0 objects written"),
+            "{err}"
+        );
+    }
+}
+
+/// A corrupted file (same size, only the CRC tells) fails the import naming layer and file;
+/// no stream, image or ref is written, and the ref of an earlier import stays as it was.
+/// Objects stored before the failure are left unreferenced (composefs-rs's gc removes them).
+#[test]
+fn import_of_corrupted_file_fails_and_leaves_no_ref() {
+    let fx = fx();
+    let store = TestStore::new();
+    store.copy_in(
+        &format!("oci:{}:three", fx.layout.display()),
+        "localhost/three:latest",
+        &[],
+    );
+    let name = "localhost/three:latest";
+    let tmp = tempfile::tempdir().unwrap();
+    let earlier = tmp.path().join("earlier");
+    ok("import", import(&store, name, &earlier));
+    let before = composefs_oracle::view::<Sha256HashValue>(&earlier, name).unwrap();
+    let layers: serde_json::Value = serde_json::from_slice(&cst_ok(
+        &store,
+        &["--format", "json", "image", "inspect", name],
+    ))
+    .unwrap();
+    let top = layers[0]["layers"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let f = store
+        .root
+        .join("overlay")
+        .join(&top)
+        .join("diff/etc/passwd");
+    let mut data = std::fs::read(&f).unwrap();
+    data[0] ^= 0x20;
+    std::fs::write(&f, &data).unwrap();
+    let fresh = tmp.path().join("fresh");
+    for repo in [&fresh, &earlier] {
+        let o = import(&store, name, repo);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "import succeeded on a corrupted file");
+        assert!(
+            err.contains(&top) && err.contains("etc/passwd") && err.contains("CRC"),
+            "{err}"
+        );
+    }
+    // The fresh repository has no stream, no image, no ref.
+    for sub in ["streams", "images"] {
+        let d = fresh.join(sub);
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{}: {left:?}", d.display());
+    }
+    let (objs, _, _) = composefs_oracle::gc_dry_run::<Sha256HashValue>(&fresh).unwrap();
+    let mut stored = 0;
+    for d in std::fs::read_dir(fresh.join("objects")).unwrap() {
+        let d = d.unwrap();
+        if d.file_type().unwrap().is_dir() {
+            stored += std::fs::read_dir(d.path()).unwrap().count() as u64;
+        }
+    }
+    assert_eq!(objs, stored, "every object left is unreferenced");
+    // The earlier import is untouched.
+    assert_eq!(
+        composefs_oracle::view::<Sha256HashValue>(&earlier, name).unwrap(),
+        before
     );
 }
