@@ -23,18 +23,12 @@ use composefs_storage::composefs::composefs::fsverity::{
 use testutil::fixtures::{PY_ZOO, ROOTFS_TAGS, Rootfs, rootfs, rootfs_layer};
 use testutil::{Blob, OciLayout, TestStore, go_arch};
 
+mod common;
+use common::cst;
+
 fn fx() -> &'static Rootfs {
     static F: OnceLock<Rootfs> = OnceLock::new();
     F.get_or_init(|| rootfs(&testutil::fixture_dir(&std::env::temp_dir(), "cst-cf")))
-}
-
-fn cst(store: &TestStore, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cstorage"))
-        .args(store.cstorage_args())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 fn ok(what: &str, o: Output) -> Vec<u8> {

@@ -13,18 +13,12 @@ use serde_json::Value;
 use testutil::fixtures::{Standard, standard};
 use testutil::{TestStore, run, sha256_hex, stdout_of};
 
+mod common;
+use common::cstorage;
+
 fn fixture() -> &'static Standard {
     static F: OnceLock<Standard> = OnceLock::new();
     F.get_or_init(|| standard(&testutil::fixture_dir(&std::env::temp_dir(), "cst-serve")))
-}
-
-fn cstorage(store: &TestStore) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cstorage"));
-    c.args(store.cstorage_args());
-    let empty = store.root.parent().unwrap().join("empty-storage.conf");
-    std::fs::write(&empty, "").unwrap();
-    c.env("CONTAINERS_STORAGE_CONF", empty);
-    c
 }
 
 /// A running `cstorage serve`, stopped when dropped.
