@@ -117,6 +117,7 @@ mod chains;
 #[cfg(feature = "composefs")]
 pub mod composefs;
 pub mod config;
+pub mod copy_file;
 pub mod disk_usage;
 pub mod error;
 pub mod export;

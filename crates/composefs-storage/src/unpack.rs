@@ -139,9 +139,9 @@ pub struct UnpackReport {
 }
 
 /// The tar-split record of one file: size and CRC.
-type CrcMap = HashMap<Vec<u8>, (u64, Option<u64>)>;
+pub(crate) type CrcMap = HashMap<Vec<u8>, (u64, Option<u64>)>;
 
-fn crc_map(layer: &crate::Layer) -> Result<Option<CrcMap>> {
+pub(crate) fn crc_map(layer: &crate::Layer) -> Result<Option<CrcMap>> {
     if !layer.has_tar_split()? {
         return Ok(None);
     }
@@ -213,7 +213,7 @@ fn keep_xattr(name: &[u8]) -> bool {
 }
 
 /// The extended attributes of an open file, cheaply when it has none (the common case).
-fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = [0u8; 1024];
     match rustix::fs::flistxattr(fd, &mut names[..]) {
         Ok(0) | Err(Errno::NOTSUP) => Ok(Vec::new()),
@@ -395,7 +395,7 @@ impl Ctx<'_> {
             }
         };
         let expect = self.expected(&job.md, &job.image_path);
-        let (n, cloned) = copy_data(&src, &dst, job.md.size, expect.is_some())
+        let (n, cloned) = copy_data(&src, dst.as_fd(), job.md.size, expect.is_some())
             .map_err(|e| self.io_err(&job.rel, e))?;
         if let (Some((layer, size, crc)), Some(got)) = (&expect, n.1) {
             if n.0 != *size {
@@ -448,7 +448,7 @@ impl Ctx<'_> {
     }
 }
 
-fn times(md: &Metadata) -> Timestamps {
+pub(crate) fn times(md: &Metadata) -> Timestamps {
     let t = Timespec {
         tv_sec: md.mtime,
         tv_nsec: md.mtime_nsec as _,
@@ -477,9 +477,9 @@ fn remove_existing(parent: &OwnedFd, name: &Path) -> io::Result<()> {
 
 /// Copies `size` bytes: `FICLONE` if possible, else `copy_file_range`, else read/write.
 /// Returns ((bytes, CRC-64 if `crc`), cloned).
-fn copy_data(
+pub(crate) fn copy_data(
     src: &File,
-    dst: &OwnedFd,
+    dst: BorrowedFd<'_>,
     size: u64,
     crc: bool,
 ) -> io::Result<((u64, Option<u64>), bool)> {
@@ -566,7 +566,7 @@ fn buf_len(size: u64) -> usize {
 }
 
 /// The CRC-64 of the first `len` bytes of `f` (a file written here, opened read-write).
-fn crc_of(f: &OwnedFd, len: u64) -> io::Result<u64> {
+fn crc_of(f: BorrowedFd<'_>, len: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; buf_len(len)];
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
     let mut off = 0u64;
@@ -976,12 +976,14 @@ pub struct TarReport {
 /// Owners are numeric (no user or group names), times are whole seconds, and extended
 /// attributes become PAX `SCHILY.xattr.*` records. With `verify`, each file's size and
 /// CRC-64 are checked against its layer's tar-split while it is written. Setting `cancel`
-/// stops it (with `EINTR`) before the next entry.
+/// stops it (with `EINTR`) before the next entry. Write errors name `out_name` (the
+/// user's path, or "standard output").
 pub fn write_tar(
     image: &Image,
     from: &Path,
     name: Option<&[u8]>,
     out: &mut dyn Write,
+    out_name: &Path,
     verify: bool,
     cancel: Option<&AtomicBool>,
 ) -> Result<TarReport> {
@@ -993,7 +995,7 @@ pub fn write_tar(
         crcs.push(if verify { crc_map(l)? } else { None });
     }
     let layer_ids = rootfs.layer_ids().to_vec();
-    let wr = |e: io::Error| StorageError::io("output", e);
+    let wr = |e: io::Error| StorageError::io(out_name, e);
     let mut rep = TarReport::default();
     let mut inodes: HashMap<(usize, u64, u64), Vec<u8>> = HashMap::new();
     let mut start: Option<PathBuf> = None;
@@ -1018,7 +1020,7 @@ pub fn write_tar(
     };
     loop {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(StorageError::io("output", errno(libc::EINTR)));
+            return Err(StorageError::io(out_name, errno(libc::EINTR)));
         }
         let (entry, src) = if let Some(s) = single.take() {
             s

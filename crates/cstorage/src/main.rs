@@ -751,7 +751,7 @@ fn resolve_layer(
 /// SIGINT, SIGTERM and SIGHUP remove the temporary and unfinished files of the command
 /// (`composefs_storage::output`), then end the process by the signal's default action, so
 /// that its parent sees the conventional status (130, 143, 129).
-fn remove_temporaries_on_signals() {
+pub(crate) fn remove_temporaries_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
