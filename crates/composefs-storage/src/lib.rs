@@ -122,6 +122,7 @@ pub mod disk_usage;
 pub mod error;
 pub mod export;
 mod fsutil;
+pub mod hidden_opaque;
 pub mod image;
 pub mod image_export;
 mod intermediate;

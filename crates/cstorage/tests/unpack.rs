@@ -1172,6 +1172,116 @@ fn devices_are_skipped_with_one_warning_without_root() {
     assert_eq!(names(&got), names(&want));
 }
 
+/// A non-root user reading a root-owned native store cannot read `trusted.overlay.opaque`
+/// (the kernel answers ENODATA, as for a directory that is not opaque), so the image's two
+/// opaque directories (`/opq` in layer 2, `/newdir` in layer 3) are not applied. `unpack`
+/// and `rootfs-tar` say so in one warning naming the store and the first directory; the
+/// run still succeeds. Root, who can read the attribute, gets no warning and umoci's tree.
+#[test]
+fn hidden_opaque_directories_are_warned_about() {
+    use testutil::rootless::USER;
+    let fx = fx();
+    let tmp = tempfile::Builder::new()
+        .prefix("cst-uo-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("root");
+    // cp -a as root keeps the trusted.* attributes.
+    run(Command::new("cp").arg("-a").arg(&fx.native.root).arg(&root));
+    // The fuse-overlayfs store marks the same directories in ways any reader sees.
+    let fuse_root = tmp.path().join("fuse");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&fx.fuse.root)
+        .arg(&fuse_root));
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(tmp.path()));
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    run(Command::new("chown").arg(USER).arg(&run_dir));
+    let bin = tmp.path().join("cstorage");
+    std::fs::copy(env!("CARGO_BIN_EXE_cstorage"), &bin).unwrap();
+    let store_root = std::cell::RefCell::new(root.clone());
+    let store_args = |c: &mut Command| {
+        c.arg("--root")
+            .arg(&*store_root.borrow())
+            .arg("--runroot")
+            .arg(&run_dir)
+            .args(["--storage-opt", "overlay.skip_mount_home=true"]);
+    };
+    let as_user = |args: &[&str]| -> Output {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--", "env", "-i", "PATH=/usr/bin:/bin"])
+            .arg(format!("HOME={}", run_dir.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", run_dir.display()))
+            .arg(&bin);
+        store_args(&mut c);
+        c.args(args).output().unwrap()
+    };
+    let warned = |o: &Output, what: &str| {
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("opaque")).collect();
+        assert_eq!(lines.len(), 1, "{what}: one warning: {err}");
+        let w = lines[0];
+        assert!(
+            w.starts_with("cstorage: warning: ")
+                && w.contains(&format!("store {}", root.display()))
+                && w.contains("2 opaque directories")
+                && w.contains("/opq")
+                && w.contains("trusted.overlay.opaque")
+                && w.contains("CAP_SYS_ADMIN"),
+            "{what}: {w}"
+        );
+    };
+    let out = run_dir.join("out");
+    let o = as_user(&["unpack", "--no-owners", "three", out.to_str().unwrap()]);
+    warned(&o, "unpack");
+    // What the warning is about: the file hidden by the opaque directory shows through.
+    assert!(out.join("opq/old1").exists());
+    assert!(!fx.umoci["three"].join("opq/old1").exists());
+    let o = as_user(&[
+        "image",
+        "export",
+        "three",
+        "--format",
+        "rootfs-tar",
+        "-o",
+        "/dev/null",
+    ]);
+    warned(&o, "rootfs-tar");
+    *store_root.borrow_mut() = fuse_root.clone();
+    let o = as_user(&[
+        "image",
+        "export",
+        "three",
+        "--format",
+        "rootfs-tar",
+        "-o",
+        "/dev/null",
+    ]);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "fuse store: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    *store_root.borrow_mut() = root.clone();
+    // Root reads the attribute: no warning, and the opaque directory is applied.
+    let mut c = Command::new(&bin);
+    store_args(&mut c);
+    let rout = tmp.path().join("rout");
+    let o = c.args(["unpack", "three"]).arg(&rout).output().unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!rout.join("opq/old1").exists());
+}
+
 /// A tar that cannot be written names where it was going: the user's path, or "standard
 /// output" (not a generic "output").
 #[test]
