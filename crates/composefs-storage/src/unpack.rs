@@ -490,30 +490,41 @@ pub(crate) fn copy_data(
         return Ok(((n, sum), true));
     }
     if crc {
-        // One pass: read, sum, write.
-        let mut buf = vec![0u8; buf_len(size)];
-        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
-        let mut total = 0u64;
-        let mut r = src;
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            digest.update(&buf[..n]);
-            let mut w = &buf[..n];
-            while !w.is_empty() {
-                let k = rustix::io::write(dst, w)?;
-                if k == 0 {
-                    return Err(errno(libc::EIO));
-                }
-                w = &w[k..];
-            }
-            total += n as u64;
+        // One pass: read, sum, write; through one buffer per thread (zeroed once, not per
+        // file). Exactly `size` bytes (the file's size when it was looked up) are read, so a
+        // small file takes one `read`; a file grown since is cut there, and the caller's
+        // size and CRC check against the tar-split then judges exactly what was written.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        return Ok(((total, Some(digest.finalize())), false));
+        return BUF.with_borrow_mut(|buf| {
+            if buf.len() < buf_len(size) {
+                buf.resize(buf_len(size), 0);
+            }
+            let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
+            let mut total = 0u64;
+            let mut r = src;
+            while total < size {
+                let want = buf.len().min((size - total) as usize);
+                let n = match r.read(&mut buf[..want]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                digest.update(&buf[..n]);
+                let mut w = &buf[..n];
+                while !w.is_empty() {
+                    let k = rustix::io::write(dst, w)?;
+                    if k == 0 {
+                        return Err(errno(libc::EIO));
+                    }
+                    w = &w[k..];
+                }
+                total += n as u64;
+            }
+            Ok(((total, Some(digest.finalize())), false))
+        });
     }
     let mut total = 0u64;
     let mut cfr = true;
