@@ -244,6 +244,12 @@ enum ImageCommand {
         /// Layers exported in parallel (default: number of CPUs).
         #[arg(long, default_value_t = 0, value_name = "N")]
         jobs: usize,
+        /// How layers streamed into an archive on standard output, a FIFO or a device are
+        /// verified: crc (default: each file's size and CRC-64; the receiver checks the
+        /// sha256), digest (also the sha256 of each layer against its diff-digest), none.
+        /// Archives written to files are always verified by digest.
+        #[arg(long, value_name = "MODE")]
+        stream_verify: Option<composefs_storage::Verify>,
     },
 }
 
@@ -497,6 +503,7 @@ fn run(cli: Cli) -> Result<()> {
             compress,
             level,
             jobs,
+            stream_verify,
         }) => {
             let archive = cli
                 .format
@@ -504,7 +511,14 @@ fn run(cli: Cli) -> Result<()> {
                 .unwrap_or("oci")
                 .parse::<composefs_storage::image_export::ArchiveFormat>()
                 .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-            export::images(&storage, images, output, archive, *compress, *level, *jobs)?;
+            export::images(
+                &storage,
+                images,
+                output,
+                archive,
+                (*compress, *level, *jobs),
+                *stream_verify,
+            )?;
         }
         Command::Image(ImageCommand::Inspect { images }) => {
             let mut v = Vec::new();
