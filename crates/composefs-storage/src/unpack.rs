@@ -84,6 +84,11 @@ pub struct UnpackOptions {
     pub progress: Option<UnpackProgress>,
     /// Set to stop early (the call then fails with `EINTR`).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// With [`Owners::Set`] (root): image UIDs are shifted by these ranges (as
+    /// `umoci unpack --uid-map`); an owner no range covers is an error. Empty: unchanged.
+    pub uid_map: Vec<crate::IdMapping>,
+    /// As `uid_map`, for GIDs.
+    pub gid_map: Vec<crate::IdMapping>,
 }
 
 impl std::fmt::Debug for UnpackOptions {
@@ -93,6 +98,8 @@ impl std::fmt::Debug for UnpackOptions {
             .field("owners", &self.owners)
             .field("verify", &self.verify)
             .field("overwrite", &self.overwrite)
+            .field("uid_map", &self.uid_map)
+            .field("gid_map", &self.gid_map)
             .finish()
     }
 }
@@ -288,6 +295,36 @@ struct Ctx<'a> {
     xattrs_skipped: AtomicU64,
     progress: Option<UnpackProgress>,
     cancel: Option<Arc<AtomicBool>>,
+    uid_map: Vec<crate::IdMapping>,
+    gid_map: Vec<crate::IdMapping>,
+}
+
+/// `id` shifted by the first range of `map` holding it (`map` empty: unchanged).
+fn map_id(map: &[crate::IdMapping], id: u32, what: &str) -> io::Result<u32> {
+    if map.is_empty() {
+        return Ok(id);
+    }
+    map.iter()
+        .find(|m| id >= m.container_id && (id - m.container_id) < m.size)
+        .and_then(|m| m.host_id.checked_add(id - m.container_id))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} {id} is not covered by the --{what}-map ranges"),
+            )
+        })
+}
+
+/// The host owner of a file of the image under the ID maps.
+fn host_owner(
+    uid_map: &[crate::IdMapping],
+    gid_map: &[crate::IdMapping],
+    md: &Metadata,
+) -> io::Result<(rustix::process::Uid, rustix::process::Gid)> {
+    Ok((
+        rustix::process::Uid::from_raw(map_id(uid_map, md.uid, "uid")?),
+        rustix::process::Gid::from_raw(map_id(gid_map, md.gid, "gid")?),
+    ))
 }
 
 /// A regular file to write.
@@ -333,11 +370,10 @@ impl Ctx<'_> {
     ) -> io::Result<()> {
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattrs.to_vec();
         match self.owners {
-            Owners::Set => rustix::fs::fchown(
-                fd,
-                Some(rustix::process::Uid::from_raw(md.uid)),
-                Some(rustix::process::Gid::from_raw(md.gid)),
-            )?,
+            Owners::Set => {
+                let (uid, gid) = host_owner(&self.uid_map, &self.gid_map, md)?;
+                rustix::fs::fchown(fd, Some(uid), Some(gid))?
+            }
             Owners::Rootless => {
                 if let Some(v) = rootless_xattr(md.uid, md.gid) {
                     xattrs.push((ROOTLESS_XATTR.as_bytes().to_vec(), v));
@@ -632,6 +668,15 @@ pub fn unpack(
         Owners::Auto => Owners::Rootless,
         o => o,
     };
+    if owners != Owners::Set && !(opts.uid_map.is_empty() && opts.gid_map.is_empty()) {
+        return Err(StorageError::io(
+            target_display,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--uid-map and --gid-map apply only when owners are set (as root, without --no-owners)",
+            ),
+        ));
+    }
     let (base, prefix): (BorrowedFd<'_>, PathBuf) = match target {
         Target::Into(d) => (d, PathBuf::new()),
         Target::As { parent, name } => {
@@ -667,6 +712,8 @@ pub fn unpack(
         xattrs_skipped: AtomicU64::new(0),
         progress: opts.progress.clone(),
         cancel: opts.cancel.clone(),
+        uid_map: opts.uid_map.clone(),
+        gid_map: opts.gid_map.clone(),
     };
     let jobs = if opts.jobs == 0 {
         std::thread::available_parallelism()
@@ -944,11 +991,12 @@ fn set_meta_at(
     chmod: bool,
 ) -> io::Result<()> {
     if ctx.owners == Owners::Set {
+        let (uid, gid) = host_owner(&ctx.uid_map, &ctx.gid_map, md)?;
         rustix::fs::chownat(
             parent,
             name,
-            Some(rustix::process::Uid::from_raw(md.uid)),
-            Some(rustix::process::Gid::from_raw(md.gid)),
+            Some(uid),
+            Some(gid),
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
     }

@@ -172,6 +172,13 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         write: UnpackArgs,
+        /// As root: shift the image's UIDs by CONTAINER:HOST:SIZE ranges (repeatable), as
+        /// `umoci unpack --uid-map`; an owner outside every range is an error.
+        #[arg(long, value_name = "C:H:S", value_parser = unpack::parse_id_map)]
+        uid_map: Vec<composefs_storage::IdMapping>,
+        /// As --uid-map, for GIDs.
+        #[arg(long, value_name = "C:H:S", value_parser = unpack::parse_id_map)]
+        gid_map: Vec<composefs_storage::IdMapping>,
     },
     /// Copy a file, symlink or directory tree out of an image (`podman cp` rules for
     /// trailing slashes and existing destinations; DEST `-` writes a tar to standard output).
@@ -213,6 +220,8 @@ impl UnpackArgs {
             jobs: self.jobs,
             no_owners: self.no_owners,
             no_verify: self.no_verify,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
         }
     }
 }
@@ -682,8 +691,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Composefs(c) => composefs::run(&storage, c, &mut out)?,
         Command::Df { verbose } => df::df(&storage, *verbose, json, &mut out)?,
-        Command::Unpack { image, dir, write } => {
-            unpack::unpack(&storage, image, dir, &write.opts())?
+        Command::Unpack {
+            image,
+            dir,
+            write,
+            uid_map,
+            gid_map,
+        } => {
+            let mut o = write.opts();
+            o.uid_map = uid_map.clone();
+            o.gid_map = gid_map.clone();
+            unpack::unpack(&storage, image, dir, &o)?
         }
         Command::Cp { src, dest, write } => unpack::cp(&storage, src, dest, &write.opts())?,
         Command::Containers { quiet } => {

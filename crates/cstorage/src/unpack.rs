@@ -35,6 +35,27 @@ pub struct WriteOpts {
     pub jobs: usize,
     pub no_owners: bool,
     pub no_verify: bool,
+    /// `unpack --uid-map` (root only).
+    pub uid_map: Vec<composefs_storage::IdMapping>,
+    /// `unpack --gid-map` (root only).
+    pub gid_map: Vec<composefs_storage::IdMapping>,
+}
+
+/// Parses `CONTAINER:HOST:SIZE` (as `umoci unpack --uid-map`).
+pub fn parse_id_map(s: &str) -> std::result::Result<composefs_storage::IdMapping, String> {
+    let n: Vec<u32> = s
+        .split(':')
+        .map(|p| p.parse::<u32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    match n[..] {
+        [container_id, host_id, size] if size > 0 => Ok(composefs_storage::IdMapping {
+            container_id,
+            host_id,
+            size,
+        }),
+        _ => Err(format!("{s:?} is not CONTAINER:HOST:SIZE (SIZE > 0)")),
+    }
 }
 
 fn options(o: &WriteOpts, overwrite: bool) -> UnpackOptions {
@@ -47,6 +68,8 @@ fn options(o: &WriteOpts, overwrite: bool) -> UnpackOptions {
     };
     opts.verify = !o.no_verify;
     opts.overwrite = overwrite;
+    opts.uid_map = o.uid_map.clone();
+    opts.gid_map = o.gid_map.clone();
     opts
 }
 

@@ -1282,6 +1282,68 @@ fn hidden_opaque_directories_are_warned_about() {
     assert!(!rout.join("opq/old1").exists());
 }
 
+/// As root, `--uid-map`/`--gid-map` shift owners as `umoci unpack --uid-map/--gid-map` does
+/// with the same ranges (two ranges for UIDs, one for GIDs): the trees are equal, owners
+/// included. An owner outside every range is an error naming it; as any other user, or
+/// with `--no-owners`, the maps are refused.
+#[test]
+fn uid_and_gid_maps_shift_owners_as_umoci() {
+    let fx = fx();
+    let tmp = tempfile::tempdir().unwrap();
+    let maps = [
+        "--uid-map",
+        "0:100000:1000",
+        "--uid-map",
+        "1000:300000:64536",
+        "--gid-map",
+        "0:200000:65536",
+    ];
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .args(maps)
+        .arg("--image")
+        .arg(format!("{}:three", fx.layout.display()))
+        .arg(&bundle));
+    let theirs = snapshot(&bundle.join("rootfs"));
+    let out = tmp.path().join("ours");
+    let mut args = vec!["unpack"];
+    args.extend(maps);
+    args.extend(["three", out.to_str().unwrap()]);
+    ok(&fx.native, &args);
+    let ours = snapshot(&out);
+    assert_same_tree("uid/gid maps", &ours, &theirs);
+    assert_eq!(ours["entries"]["/srv/app.conf"]["uid"], 300000 + 234);
+    assert_eq!(ours["entries"]["/srv/app.conf"]["gid"], 200000 + 5678);
+    // Owners no range covers (1000:1000, 1234:5678).
+    let o = cst(
+        &fx.native,
+        &[
+            "unpack",
+            "--uid-map",
+            "0:100000:1000",
+            "three",
+            tmp.path().join("partial").to_str().unwrap(),
+        ],
+    );
+    let err = one_line_error(&o);
+    assert!(err.contains("is not covered by the --uid-map ranges"), "{err}");
+    assert!(!tmp.path().join("partial").exists(), "removed");
+    let o = cst(
+        &fx.native,
+        &[
+            "unpack",
+            "--no-owners",
+            "--gid-map",
+            "0:1:1",
+            "three",
+            tmp.path().join("no").to_str().unwrap(),
+        ],
+    );
+    let err = one_line_error(&o);
+    assert!(err.contains("only when owners are set"), "{err}");
+}
+
 /// A tar that cannot be written names where it was going: the user's path, or "standard
 /// output" (not a generic "output").
 #[test]
