@@ -10,8 +10,8 @@
 //! This cannot be seen from the directory, but it can from the layer's tar-split, which
 //! records the `.wh..wh..opq` entry: [`check`] lists the directories the tar-split marks
 //! opaque whose layer directory shows no marker this process can read (no
-//! `.wh..wh..opq` file, no readable `*.overlay.opaque` attribute). [`warn_once`] logs one
-//! warning per store naming them; the merged view (`RootFs`) calls it.
+//! `.wh..wh..opq` file, no readable `*.overlay.opaque` attribute). Opening the merged view
+//! ([`crate::RootFs`]) logs one warning per store naming them.
 
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;

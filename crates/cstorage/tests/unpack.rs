@@ -1327,7 +1327,10 @@ fn uid_and_gid_maps_shift_owners_as_umoci() {
         ],
     );
     let err = one_line_error(&o);
-    assert!(err.contains("is not covered by the --uid-map ranges"), "{err}");
+    assert!(
+        err.contains("is not covered by the --uid-map ranges"),
+        "{err}"
+    );
     assert!(!tmp.path().join("partial").exists(), "removed");
     let o = cst(
         &fx.native,
