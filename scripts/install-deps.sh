@@ -5,8 +5,9 @@
 # as (scripts/rootless-user.sh).
 set -euo pipefail
 # libssl-dev and pkg-config: composefs-rs's crate (cstorage's `composefs` subcommands) hashes
-# with OpenSSL; mount: the composefs mount test (erofs + overlay).
-PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux zsh man-db bash-completion btrfs-progs e2fsprogs curl openssl apache2-utils docker-registry systemd mount libssl-dev pkg-config)
+# with OpenSSL; mount: the composefs mount test (erofs + overlay); strace: a test holding a
+# copy in mid-write (syscall delay injection) to interrupt it.
+PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux zsh man-db bash-completion btrfs-progs e2fsprogs curl openssl apache2-utils docker-registry systemd mount libssl-dev pkg-config strace)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1172,6 +1172,67 @@ fn devices_are_skipped_with_one_warning_without_root() {
     assert_eq!(names(&got), names(&want));
 }
 
+/// SIGTERM while `cp IMAGE:FILE DEST` is writing the replacement of an existing file (held
+/// in its `copy_file_range` by strace's syscall delay injection, so that the temporary file
+/// exists when the signal comes): the temporary file is removed, the old file is as it was,
+/// and the process dies by the signal (143).
+#[test]
+fn a_signal_during_cp_leaves_the_old_file_and_no_temporary() {
+    use std::os::unix::process::ExitStatusExt;
+    testutil::require_tool("strace");
+    let fx = fx();
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = tmp.path().join("keep");
+    std::fs::write(&keep, b"old\n").unwrap();
+    let mut child = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=copy_file_range"])
+        .args(["-e", "inject=copy_file_range:delay_enter=5000000"])
+        .arg(env!("CARGO_BIN_EXE_cstorage"))
+        .args(fx.native.cstorage_args())
+        .args(["cp", "--no-verify", "three:/etc/passwd"])
+        .arg(&keep)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The temporary file appears (named with the cstorage process's PID) once the copy is
+    // under way.
+    let started = std::time::Instant::now();
+    let tmp_pid = loop {
+        let found = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(".keep.cstorage-tmp-"));
+        if let Some(n) = found {
+            break n
+                .trim_start_matches(".keep.cstorage-tmp-")
+                .split('-')
+                .next()
+                .unwrap()
+                .parse::<i32>()
+                .unwrap();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no temporary file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    run(Command::new("kill").args(["-TERM", &tmp_pid.to_string()]));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.code() == Some(143) || out.status.signal() == Some(15),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&keep).unwrap(), b"old\n");
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["keep"], "no temporary file left");
+}
+
 /// A non-root user reading a root-owned native store cannot read `trusted.overlay.opaque`
 /// (the kernel answers ENODATA, as for a directory that is not opaque), so the image's two
 /// opaque directories (`/opq` in layer 2, `/newdir` in layer 3) are not applied. `unpack`
