@@ -1184,7 +1184,7 @@ fn a_signal_during_cp_leaves_the_old_file_and_no_temporary() {
     let tmp = tempfile::tempdir().unwrap();
     let keep = tmp.path().join("keep");
     std::fs::write(&keep, b"old\n").unwrap();
-    let mut child = Command::new("strace")
+    let child = Command::new("strace")
         .args(["-f", "-o", "/dev/null", "-e", "trace=copy_file_range"])
         .args(["-e", "inject=copy_file_range:delay_enter=5000000"])
         .arg(env!("CARGO_BIN_EXE_cstorage"))
