@@ -1267,6 +1267,25 @@ mod tests {
     }
 
     #[test]
+    fn id_maps() {
+        let m = |c, h, s| crate::IdMapping {
+            container_id: c,
+            host_id: h,
+            size: s,
+        };
+        let map = [m(0, 100_000, 1000), m(1000, 300_000, 10)];
+        assert_eq!(map_id(&[], 7, "uid").unwrap(), 7);
+        assert_eq!(map_id(&map, 0, "uid").unwrap(), 100_000);
+        assert_eq!(map_id(&map, 999, "uid").unwrap(), 100_999);
+        assert_eq!(map_id(&map, 1000, "uid").unwrap(), 300_000);
+        assert_eq!(map_id(&map, 1009, "uid").unwrap(), 300_009);
+        let e = map_id(&map, 1010, "gid").unwrap_err().to_string();
+        assert_eq!(e, "gid 1010 is not covered by the --gid-map ranges");
+        // A range reaching past u32::MAX on the host side is an error, not a wrap.
+        assert!(map_id(&[m(0, u32::MAX, 2)], 1, "uid").is_err());
+    }
+
+    #[test]
     fn xattr_filter() {
         for k in [
             "user.foo",
