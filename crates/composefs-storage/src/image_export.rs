@@ -200,7 +200,8 @@ fn put_blob_bytes(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<Option<Pe
     ))
 }
 
-/// Export options for a layer blob: digest verified, progress reported under the layer's ID.
+/// Export options for a layer blob: verified as `verify` says, progress reported under the
+/// layer's ID.
 fn verified_export(
     layer: &Layer,
     progress: Option<&ImageProgress>,
