@@ -25,10 +25,12 @@ hyperfine --warmup 0 --runs ${RUNS:-3} --export-json "$D/docker.json" --prepare 
 echo "== docker-archive (ratio = time / cstorage)"
 ratios "$D/docker.json"
 # Streamed to a pipe (issue 16): the uncompressed docker-archive goes out in one pass, no
-# temporary file; podman save writes to /dev/stdout.
+# temporary file; podman save writes to /dev/stdout. By default the streamed layers are
+# CRC-checked (the receiver checks their sha256); --stream-verify digest also computes it.
 hyperfine --warmup 1 --runs ${RUNS:-3} --export-json "$D/stream.json" \
     "$CSTA image export localhost/big:latest --format docker-archive -o - | cat >/dev/null" \
-    "$PODMAN save -q -o /dev/stdout localhost/big:latest | cat >/dev/null" >/dev/null
+    "$PODMAN save -q -o /dev/stdout localhost/big:latest | cat >/dev/null" \
+    "$CSTA image export localhost/big:latest --format docker-archive --stream-verify digest -o - | cat >/dev/null" >/dev/null
 echo "== docker-archive to a pipe (ratio = time / cstorage)"
 ratios "$D/stream.json"
 ls -la "$OUT" >/dev/null 2>&1 && rm -rf "$OUT"

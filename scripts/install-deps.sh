@@ -8,8 +8,9 @@ set -euo pipefail
 # with OpenSSL; mount: the composefs mount test (erofs + overlay); containerd (and its ctr):
 # the serve test pulling through a hosts.toml mirror runs a containerd of its own (on a host
 # booted with systemd the package also enables the system's containerd service; the test does
-# not use it).
-PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux zsh man-db bash-completion btrfs-progs e2fsprogs curl openssl apache2-utils docker-registry containerd systemd mount libssl-dev pkg-config)
+# not use it); strace: a test holding a copy in mid-write (syscall delay injection) to
+# interrupt it.
+PKGS=(skopeo containers-storage tar-split umoci podman fuse-overlayfs uidmap attr python3 tar gzip bsdutils hyperfine time debootstrap util-linux zsh man-db bash-completion btrfs-progs e2fsprogs curl openssl apache2-utils docker-registry containerd systemd mount libssl-dev pkg-config strace)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

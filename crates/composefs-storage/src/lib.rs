@@ -112,6 +112,7 @@
 pub mod composefs;
 #[cfg(feature = "composefs")]
 pub mod composefs_import;
+pub mod copy_file;
 pub mod error;
 pub mod export;
 mod fsutil;
@@ -131,7 +132,7 @@ pub mod verify;
 pub mod fuzzing;
 
 pub use export::image as image_export;
-pub use rootfs::layer_files;
+pub use rootfs::{hidden_opaque, layer_files};
 pub use store::storage::disk_usage;
 pub use store::{config, image, layer, manifest, reference, storage};
 pub use tar::{header as tar_header, tar_split};

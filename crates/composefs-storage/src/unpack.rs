@@ -85,6 +85,11 @@ pub struct UnpackOptions {
     pub progress: Option<UnpackProgress>,
     /// Set to stop early (the call then fails with `EINTR`).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// With [`Owners::Set`] (root): image UIDs are shifted by these ranges (as
+    /// `umoci unpack --uid-map`); an owner no range covers is an error. Empty: unchanged.
+    pub uid_map: Vec<crate::IdMapping>,
+    /// As `uid_map`, for GIDs.
+    pub gid_map: Vec<crate::IdMapping>,
 }
 
 impl std::fmt::Debug for UnpackOptions {
@@ -94,6 +99,8 @@ impl std::fmt::Debug for UnpackOptions {
             .field("owners", &self.owners)
             .field("verify", &self.verify)
             .field("overwrite", &self.overwrite)
+            .field("uid_map", &self.uid_map)
+            .field("gid_map", &self.gid_map)
             .finish()
     }
 }
@@ -140,9 +147,9 @@ pub struct UnpackReport {
 }
 
 /// The tar-split record of one file: size and CRC.
-type CrcMap = HashMap<Vec<u8>, (u64, Option<u64>)>;
+pub(crate) type CrcMap = HashMap<Vec<u8>, (u64, Option<u64>)>;
 
-fn crc_map(layer: &crate::Layer) -> Result<Option<CrcMap>> {
+pub(crate) fn crc_map(layer: &crate::Layer) -> Result<Option<CrcMap>> {
     if !layer.has_tar_split()? {
         return Ok(None);
     }
@@ -214,7 +221,7 @@ fn keep_xattr(name: &[u8]) -> bool {
 }
 
 /// The extended attributes of an open file, cheaply when it has none (the common case).
-fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = [0u8; 1024];
     match rustix::fs::flistxattr(fd, &mut names[..]) {
         Ok(0) | Err(Errno::NOTSUP) => Ok(Vec::new()),
@@ -289,6 +296,36 @@ struct Ctx<'a> {
     xattrs_skipped: AtomicU64,
     progress: Option<UnpackProgress>,
     cancel: Option<Arc<AtomicBool>>,
+    uid_map: Vec<crate::IdMapping>,
+    gid_map: Vec<crate::IdMapping>,
+}
+
+/// `id` shifted by the first range of `map` holding it (`map` empty: unchanged).
+fn map_id(map: &[crate::IdMapping], id: u32, what: &str) -> io::Result<u32> {
+    if map.is_empty() {
+        return Ok(id);
+    }
+    map.iter()
+        .find(|m| id >= m.container_id && (id - m.container_id) < m.size)
+        .and_then(|m| m.host_id.checked_add(id - m.container_id))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} {id} is not covered by the --{what}-map ranges"),
+            )
+        })
+}
+
+/// The host owner of a file of the image under the ID maps.
+fn host_owner(
+    uid_map: &[crate::IdMapping],
+    gid_map: &[crate::IdMapping],
+    md: &Metadata,
+) -> io::Result<(rustix::process::Uid, rustix::process::Gid)> {
+    Ok((
+        rustix::process::Uid::from_raw(map_id(uid_map, md.uid, "uid")?),
+        rustix::process::Gid::from_raw(map_id(gid_map, md.gid, "gid")?),
+    ))
 }
 
 /// A regular file to write.
@@ -334,11 +371,10 @@ impl Ctx<'_> {
     ) -> io::Result<()> {
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattrs.to_vec();
         match self.owners {
-            Owners::Set => rustix::fs::fchown(
-                fd,
-                Some(rustix::process::Uid::from_raw(md.uid)),
-                Some(rustix::process::Gid::from_raw(md.gid)),
-            )?,
+            Owners::Set => {
+                let (uid, gid) = host_owner(&self.uid_map, &self.gid_map, md)?;
+                rustix::fs::fchown(fd, Some(uid), Some(gid))?
+            }
             Owners::Rootless => {
                 if let Some(v) = rootless_xattr(md.uid, md.gid) {
                     xattrs.push((ROOTLESS_XATTR.as_bytes().to_vec(), v));
@@ -396,7 +432,7 @@ impl Ctx<'_> {
             }
         };
         let expect = self.expected(&job.md, &job.image_path);
-        let (n, cloned) = copy_data(&src, &dst, job.md.size, expect.is_some())
+        let (n, cloned) = copy_data(&src, dst.as_fd(), job.md.size, expect.is_some())
             .map_err(|e| self.io_err(&job.rel, e))?;
         if let (Some((layer, size, crc)), Some(got)) = (&expect, n.1) {
             if n.0 != *size {
@@ -449,7 +485,7 @@ impl Ctx<'_> {
     }
 }
 
-fn times(md: &Metadata) -> Timestamps {
+pub(crate) fn times(md: &Metadata) -> Timestamps {
     let t = Timespec {
         tv_sec: md.mtime,
         tv_nsec: md.mtime_nsec as _,
@@ -478,9 +514,9 @@ fn remove_existing(parent: &OwnedFd, name: &Path) -> io::Result<()> {
 
 /// Copies `size` bytes: `FICLONE` if possible, else `copy_file_range`, else read/write.
 /// Returns ((bytes, CRC-64 if `crc`), cloned).
-fn copy_data(
+pub(crate) fn copy_data(
     src: &File,
-    dst: &OwnedFd,
+    dst: BorrowedFd<'_>,
     size: u64,
     crc: bool,
 ) -> io::Result<((u64, Option<u64>), bool)> {
@@ -491,30 +527,41 @@ fn copy_data(
         return Ok(((n, sum), true));
     }
     if crc {
-        // One pass: read, sum, write.
-        let mut buf = vec![0u8; buf_len(size)];
-        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
-        let mut total = 0u64;
-        let mut r = src;
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            digest.update(&buf[..n]);
-            let mut w = &buf[..n];
-            while !w.is_empty() {
-                let k = rustix::io::write(dst, w)?;
-                if k == 0 {
-                    return Err(errno(libc::EIO));
-                }
-                w = &w[k..];
-            }
-            total += n as u64;
+        // One pass: read, sum, write; through one buffer per thread (zeroed once, not per
+        // file). Exactly `size` bytes (the file's size when it was looked up) are read, so a
+        // small file takes one `read`; a file grown since is cut there, and the caller's
+        // size and CRC check against the tar-split then judges exactly what was written.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        return Ok(((total, Some(digest.finalize())), false));
+        return BUF.with_borrow_mut(|buf| {
+            if buf.len() < buf_len(size) {
+                buf.resize(buf_len(size), 0);
+            }
+            let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
+            let mut total = 0u64;
+            let mut r = src;
+            while total < size {
+                let want = buf.len().min((size - total) as usize);
+                let n = match r.read(&mut buf[..want]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                digest.update(&buf[..n]);
+                let mut w = &buf[..n];
+                while !w.is_empty() {
+                    let k = rustix::io::write(dst, w)?;
+                    if k == 0 {
+                        return Err(errno(libc::EIO));
+                    }
+                    w = &w[k..];
+                }
+                total += n as u64;
+            }
+            Ok(((total, Some(digest.finalize())), false))
+        });
     }
     let mut total = 0u64;
     let mut cfr = true;
@@ -567,7 +614,7 @@ fn buf_len(size: u64) -> usize {
 }
 
 /// The CRC-64 of the first `len` bytes of `f` (a file written here, opened read-write).
-fn crc_of(f: &OwnedFd, len: u64) -> io::Result<u64> {
+fn crc_of(f: BorrowedFd<'_>, len: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; buf_len(len)];
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
     let mut off = 0u64;
@@ -622,6 +669,15 @@ pub fn unpack(
         Owners::Auto => Owners::Rootless,
         o => o,
     };
+    if owners != Owners::Set && !(opts.uid_map.is_empty() && opts.gid_map.is_empty()) {
+        return Err(StorageError::io(
+            target_display,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--uid-map and --gid-map apply only when owners are set (as root, without --no-owners)",
+            ),
+        ));
+    }
     let (base, prefix): (BorrowedFd<'_>, PathBuf) = match target {
         Target::Into(d) => (d, PathBuf::new()),
         Target::As { parent, name } => {
@@ -657,6 +713,8 @@ pub fn unpack(
         xattrs_skipped: AtomicU64::new(0),
         progress: opts.progress.clone(),
         cancel: opts.cancel.clone(),
+        uid_map: opts.uid_map.clone(),
+        gid_map: opts.gid_map.clone(),
     };
     let jobs = crate::pool::threads(opts.jobs);
     let mut report = UnpackReport::default();
@@ -928,11 +986,12 @@ fn set_meta_at(
     chmod: bool,
 ) -> io::Result<()> {
     if ctx.owners == Owners::Set {
+        let (uid, gid) = host_owner(&ctx.uid_map, &ctx.gid_map, md)?;
         rustix::fs::chownat(
             parent,
             name,
-            Some(rustix::process::Uid::from_raw(md.uid)),
-            Some(rustix::process::Gid::from_raw(md.gid)),
+            Some(uid),
+            Some(gid),
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
     }
@@ -971,12 +1030,14 @@ pub struct TarReport {
 /// Owners are numeric (no user or group names), times are whole seconds, and extended
 /// attributes become PAX `SCHILY.xattr.*` records. With `verify`, each file's size and
 /// CRC-64 are checked against its layer's tar-split while it is written. Setting `cancel`
-/// stops it (with `EINTR`) before the next entry.
+/// stops it (with `EINTR`) before the next entry. Write errors name `out_name` (the
+/// user's path, or "standard output").
 pub fn write_tar(
     image: &Image,
     from: &Path,
     name: Option<&[u8]>,
     out: &mut dyn Write,
+    out_name: &Path,
     verify: bool,
     cancel: Option<&AtomicBool>,
 ) -> Result<TarReport> {
@@ -988,7 +1049,7 @@ pub fn write_tar(
         crcs.push(if verify { crc_map(l)? } else { None });
     }
     let layer_ids = rootfs.layer_ids().to_vec();
-    let wr = |e: io::Error| StorageError::io("output", e);
+    let wr = |e: io::Error| StorageError::io(out_name, e);
     let mut rep = TarReport::default();
     let mut inodes: HashMap<(usize, u64, u64), Vec<u8>> = HashMap::new();
     let mut start: Option<PathBuf> = None;
@@ -1013,7 +1074,7 @@ pub fn write_tar(
     };
     loop {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(StorageError::io("output", errno(libc::EINTR)));
+            return Err(StorageError::io(out_name, errno(libc::EINTR)));
         }
         let (entry, src) = if let Some(s) = single.take() {
             s
@@ -1198,6 +1259,25 @@ mod tests {
             [0x08, 0xe8, 0x07, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f]
         );
         assert_eq!(rootless_xattr(1, 2).unwrap(), [0x08, 0x01, 0x10, 0x02]);
+    }
+
+    #[test]
+    fn id_maps() {
+        let m = |c, h, s| crate::IdMapping {
+            container_id: c,
+            host_id: h,
+            size: s,
+        };
+        let map = [m(0, 100_000, 1000), m(1000, 300_000, 10)];
+        assert_eq!(map_id(&[], 7, "uid").unwrap(), 7);
+        assert_eq!(map_id(&map, 0, "uid").unwrap(), 100_000);
+        assert_eq!(map_id(&map, 999, "uid").unwrap(), 100_999);
+        assert_eq!(map_id(&map, 1000, "uid").unwrap(), 300_000);
+        assert_eq!(map_id(&map, 1009, "uid").unwrap(), 300_009);
+        let e = map_id(&map, 1010, "gid").unwrap_err().to_string();
+        assert_eq!(e, "gid 1010 is not covered by the --gid-map ranges");
+        // A range reaching past u32::MAX on the host side is an error, not a wrap.
+        assert!(map_id(&[m(0, u32::MAX, 2)], 1, "uid").is_err());
     }
 
     #[test]

@@ -90,9 +90,12 @@ pub fn images(
     queries: &[String],
     output: &Path,
     format: composefs_storage::image_export::ArchiveFormat,
-    compression: composefs_storage::image_export::LayerCompression,
-    level: Option<i32>,
-    jobs: usize,
+    (compression, level, jobs): (
+        composefs_storage::image_export::LayerCompression,
+        Option<i32>,
+        usize,
+    ),
+    stream_verify: Option<Verify>,
 ) -> Result<()> {
     use composefs_storage::image_export::{ExportItem, ImageExportOptions, export_images};
     let mut items = Vec::new();
@@ -105,6 +108,7 @@ pub fn images(
     opts.compression = compression;
     opts.level = level;
     opts.jobs = jobs;
+    opts.stream_verify = stream_verify;
     // Progress: a bar per layer and one for the total, on a terminal only.
     let mut total: u64 = 0;
     let mut seen = std::collections::HashSet::new();

@@ -174,6 +174,13 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         write: UnpackArgs,
+        /// As root: shift the image's UIDs by CONTAINER:HOST:SIZE ranges (repeatable), as
+        /// `umoci unpack --uid-map`; an owner outside every range is an error.
+        #[arg(long, value_name = "C:H:S", value_parser = unpack::parse_id_map)]
+        uid_map: Vec<composefs_storage::IdMapping>,
+        /// As --uid-map, for GIDs.
+        #[arg(long, value_name = "C:H:S", value_parser = unpack::parse_id_map)]
+        gid_map: Vec<composefs_storage::IdMapping>,
     },
     /// Copy a file, symlink or directory tree out of an image (`podman cp` rules for
     /// trailing slashes and existing destinations; DEST `-` writes a tar to standard output).
@@ -215,6 +222,8 @@ impl UnpackArgs {
             jobs: self.jobs,
             no_owners: self.no_owners,
             no_verify: self.no_verify,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
         }
     }
 }
@@ -246,6 +255,12 @@ enum ImageCommand {
         /// Layers exported in parallel (default: number of CPUs).
         #[arg(long, default_value_t = 0, value_name = "N")]
         jobs: usize,
+        /// How layers streamed into an archive on standard output, a FIFO or a device are
+        /// verified: crc (default: each file's size and CRC-64; the receiver checks the
+        /// sha256), digest (also the sha256 of each layer against its diff-digest), none.
+        /// Archives written to files are always verified by digest.
+        #[arg(long, value_enum, value_name = "MODE")]
+        stream_verify: Option<VerifyArg>,
     },
 }
 
@@ -393,6 +408,7 @@ fn run(cli: Cli) -> Result<()> {
             compress,
             level,
             jobs,
+            stream_verify,
         }) => match ExportFormat::parse(cli.format.as_deref())?.archive() {
             None => unpack::rootfs_tar(&storage, images, output, false)?,
             Some(archive) => export::images(
@@ -400,9 +416,8 @@ fn run(cli: Cli) -> Result<()> {
                 images,
                 output,
                 archive,
-                (*compress).into(),
-                *level,
-                *jobs,
+                ((*compress).into(), *level, *jobs),
+                stream_verify.map(Into::into),
             )?,
         },
         Command::Image(ImageCommand::Inspect { images }) => {
@@ -470,8 +485,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Composefs(c) => composefs::run(&storage, c, &mut out)?,
         Command::Df { verbose } => df::df(&storage, *verbose, json, &mut out)?,
-        Command::Unpack { image, dir, write } => {
-            unpack::unpack(&storage, image, dir, &write.opts())?
+        Command::Unpack {
+            image,
+            dir,
+            write,
+            uid_map,
+            gid_map,
+        } => {
+            let mut o = write.opts();
+            o.uid_map = uid_map.clone();
+            o.gid_map = gid_map.clone();
+            unpack::unpack(&storage, image, dir, &o)?
         }
         Command::Cp { src, dest, write } => unpack::cp(&storage, src, dest, &write.opts())?,
         Command::Containers { quiet } => listing::containers(&storage, &mut out, &format, *quiet)?,
@@ -513,7 +537,7 @@ fn resolve_layer(
 /// SIGINT, SIGTERM and SIGHUP remove the temporary and unfinished files of the command
 /// (`composefs_storage::output`), then end the process by the signal's default action, so
 /// that its parent sees the conventional status (130, 143, 129).
-fn remove_temporaries_on_signals() {
+pub(crate) fn remove_temporaries_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;

@@ -2,7 +2,7 @@
 //! written out (see `composefs_storage::unpack`).
 
 use std::ffi::OsStr;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +35,27 @@ pub struct WriteOpts {
     pub jobs: usize,
     pub no_owners: bool,
     pub no_verify: bool,
+    /// `unpack --uid-map` (root only).
+    pub uid_map: Vec<composefs_storage::IdMapping>,
+    /// `unpack --gid-map` (root only).
+    pub gid_map: Vec<composefs_storage::IdMapping>,
+}
+
+/// Parses `CONTAINER:HOST:SIZE` (as `umoci unpack --uid-map`).
+pub fn parse_id_map(s: &str) -> std::result::Result<composefs_storage::IdMapping, String> {
+    let n: Vec<u32> = s
+        .split(':')
+        .map(|p| p.parse::<u32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    match n[..] {
+        [container_id, host_id, size] if size > 0 => Ok(composefs_storage::IdMapping {
+            container_id,
+            host_id,
+            size,
+        }),
+        _ => Err(format!("{s:?} is not CONTAINER:HOST:SIZE (SIZE > 0)")),
+    }
 }
 
 fn options(o: &WriteOpts, overwrite: bool) -> UnpackOptions {
@@ -47,6 +68,8 @@ fn options(o: &WriteOpts, overwrite: bool) -> UnpackOptions {
     };
     opts.verify = !o.no_verify;
     opts.overwrite = overwrite;
+    opts.uid_map = o.uid_map.clone();
+    opts.gid_map = o.gid_map.clone();
     opts
 }
 
@@ -262,25 +285,45 @@ pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()
     // As `podman cp`, a symlink named as the source is followed (inside the image).
     let rootfs = img.rootfs()?;
     let real = rootfs.canonicalize(&abs)?;
-    let is_dir = rootfs.lstat(&real)?.kind == composefs_storage::rootfs::FileKind::Directory;
+    let kind = rootfs.lstat(&real)?.kind;
+    let is_dir = kind == composefs_storage::rootfs::FileKind::Directory;
     drop(rootfs);
     let abs = real.to_string_lossy().into_owned();
     // Named, as by `podman cp`, after what the path resolves to.
     let name = base_name(&abs).unwrap_or_else(|| b".".to_vec());
     if dest == Path::new("-") {
-        if std::io::stdout().is_terminal() {
-            bail!("refusing to write a tar to a terminal: redirect standard output");
-        }
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::with_capacity(256 << 10, stdout.lock());
+        let out = composefs_storage::OutputFile::stdout()?;
+        let out_name = out.name().to_owned();
+        let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
         let prefix = (!(contents && is_dir)).then_some(name.as_slice());
-        composefs_storage::unpack::write_tar(&img, &real, prefix, &mut out, !o.no_verify, None)?;
-        out.flush().context("writing standard output")?;
+        composefs_storage::unpack::write_tar(
+            &img,
+            &real,
+            prefix,
+            &mut out,
+            &out_name,
+            !o.no_verify,
+            None,
+        )?;
+        out.flush()
+            .with_context(|| format!("writing {}", out_name.display()))?;
         return Ok(());
     }
     let dest_s = dest.as_os_str().as_bytes();
     let trailing = dest_s.ends_with(b"/");
     let existing = std::fs::metadata(dest).ok();
+    if kind == composefs_storage::rootfs::FileKind::Regular {
+        // One file: written by the output rules, not unlinked and recreated.
+        let target = match &existing {
+            Some(m) if m.is_dir() => dest.join(OsStr::from_bytes(&name)),
+            _ if trailing => bail!(
+                "{}: no such directory (a destination ending in / must be an existing directory)",
+                dest.display()
+            ),
+            _ => dest.to_path_buf(),
+        };
+        return cp_file(&img, &real, &target, o);
+    }
     // As `podman cp`, files are left owned by the caller.
     let mut opts = options(o, true);
     opts.owners = Owners::Drop;
@@ -344,6 +387,50 @@ pub fn cp(storage: &Storage, src: &str, dest: &Path, o: &WriteOpts) -> Result<()
     Ok(())
 }
 
+/// `cp` of one regular file to `target` under the output rules
+/// (`composefs_storage::output`): an existing regular file is replaced atomically keeping
+/// its mode and owner (it gets the image's content and modification time), a FIFO or
+/// device is written into, a symlink is followed, a new file gets the image's mode, time
+/// and extended attributes. On failure or a signal, the temporary file is removed and an
+/// existing file keeps its old content.
+fn cp_file(
+    img: &composefs_storage::Image,
+    path: &Path,
+    target: &Path,
+    o: &WriteOpts,
+) -> Result<()> {
+    crate::remove_temporaries_on_signals();
+    let existed = matches!(
+        composefs_storage::OutputFile::kind_of(target),
+        Ok(composefs_storage::output::OutputKind::File)
+    ) && std::fs::metadata(target).is_ok();
+    let out = composefs_storage::OutputFile::create(target)?;
+    let mut opts = composefs_storage::copy_file::CopyFileOptions::default();
+    opts.verify = !o.no_verify;
+    opts.mode = !existed;
+    opts.xattrs = !existed;
+    opts.times = true;
+    let r = composefs_storage::copy_file::copy_file(img, path, out.as_fd(), out.name(), &opts)
+        .with_context(|| {
+            format!(
+                "copying {} of image {} to {}",
+                path.display(),
+                img.id(),
+                target.display()
+            )
+        })?;
+    out.commit()?;
+    if r.xattrs_skipped > 0 {
+        log::warn!(
+            "{} extended attribute{} could not be set on {}",
+            r.xattrs_skipped,
+            if r.xattrs_skipped == 1 { "" } else { "s" },
+            target.display()
+        );
+    }
+    Ok(())
+}
+
 /// `cstorage image export IMAGE --format rootfs-tar -o FILE|-`.
 pub fn rootfs_tar(
     storage: &Storage,
@@ -363,7 +450,15 @@ pub fn rootfs_tar(
     let out = composefs_storage::OutputFile::create(output)?;
     let name = out.name().to_owned();
     let mut w = std::io::BufWriter::with_capacity(256 << 10, out);
-    composefs_storage::unpack::write_tar(&img, Path::new("/"), None, &mut w, !no_verify, None)?;
+    composefs_storage::unpack::write_tar(
+        &img,
+        Path::new("/"),
+        None,
+        &mut w,
+        &name,
+        !no_verify,
+        None,
+    )?;
     let out = w
         .into_inner()
         .map_err(|e| e.into_error())

@@ -652,3 +652,56 @@ fn a_file_found_in_a_lower_layer_is_named_as_such() {
         "{err}"
     );
 }
+
+/// An archive streamed to standard output is verified by CRC by default (issue 16): a layer
+/// file damaged on disk fails the export with one message naming the file, as it does with
+/// `--stream-verify digest`. With `--stream-verify none` the damaged bytes go out, and
+/// `podman load` (the receiver, code nobody here wrote) refuses them by their sha256: what
+/// the default leaves to the receiver is checked there.
+#[test]
+fn a_damaged_layer_fails_a_stream_and_the_receiver_checks_digests() {
+    let f = fixture();
+    let store = TestStore::new();
+    store.copy_in(
+        &format!("oci:{}:two", f.layout.display()),
+        "localhost/two:latest",
+        &[],
+    );
+    let top = store.go_images()[0]["layer"].as_str().unwrap().to_string();
+    let file = store.root.join(format!("overlay/{top}/diff/etc/a"));
+    let mut b = std::fs::read(&file).unwrap();
+    b[3] ^= 0xff;
+    std::fs::write(&file, b).unwrap();
+    for mode in [None, Some("crc"), Some("digest")] {
+        let mut c = cstorage(&store);
+        c.args(["image", "export", "--format", "docker-archive"]);
+        if let Some(m) = mode {
+            c.args(["--stream-verify", m]);
+        }
+        let o = c.args(["localhost/two", "-o", "-"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{mode:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.lines().count() == 1 && err.contains("etc/a") && err.contains("CRC"),
+            "{mode:?}: {err}"
+        );
+    }
+    let dest = TestStore::new();
+    let cmd = format!(
+        "set -o pipefail; CONTAINERS_STORAGE_CONF=/dev/null {} {} image export --format docker-archive --stream-verify none localhost/two -o - | podman --root {} --runroot {} --storage-driver overlay --storage-opt overlay.skip_mount_home=true load",
+        env!("CARGO_BIN_EXE_cstorage"),
+        store.cstorage_args().join(" "),
+        dest.root.display(),
+        dest.runroot.display()
+    );
+    let o = Command::new("bash").arg("-c").arg(&cmd).output().unwrap();
+    assert!(
+        !o.status.success(),
+        "podman load took a damaged layer: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Digest did not match"), "{err}");
+    let listed = run(dest.podman().args(["images", "-q"])).stdout;
+    assert!(listed.is_empty(), "nothing loaded");
+}

@@ -250,7 +250,18 @@ fn cp_matches_podman_cp() {
                 assert_eq!(err.lines().count(), 1, "{src} {dest}: {err}");
             }
             outcome.push(o.status.success());
-            trees.push(without_mtimes(snapshot(&case), &["/d"]));
+            let mut tree = without_mtimes(snapshot(&case), &["/d"]);
+            if *dest == "f" && o.status.success() {
+                // One difference on purpose: `podman cp` unlinks an existing file and
+                // creates it anew with the image's mode; cstorage replaces it by the output
+                // rules, keeping its mode (here the test's 0644).
+                let f = tree["entries"]["/f"].as_object_mut().unwrap();
+                let mode = f.remove("mode").unwrap();
+                if who == "cstorage" {
+                    assert_eq!(mode, "0644", "{src}: the existing file's mode is kept");
+                }
+            }
+            trees.push(tree);
         }
         assert_eq!(outcome[0], outcome[1], "{src} -> {dest}: success differs");
         assert_same_tree(&format!("cp {src} {dest}"), &trees[1], &trees[0]);
@@ -712,6 +723,23 @@ fn no_space_and_read_only_targets() {
         err.contains("No space left") && err.contains("partial"),
         "{err}"
     );
+    // `cp` of one file onto an existing one that does not fit: the old file stays as it
+    // was, and no temporary file is left beside it.
+    run(Command::new("rm").arg("-rf").arg(small.join("existing")));
+    let keep = small.join("keep");
+    std::fs::write(&keep, b"old\n").unwrap();
+    let o = cst(&store, &["cp", "big:/big/file", keep.to_str().unwrap()]);
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("No space left") && err.contains(keep.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&keep).unwrap(), b"old\n");
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        1,
+        "only the old file"
+    );
     drop(small_mount);
 
     let ro = tmp.path().join("ro");
@@ -788,11 +816,132 @@ fn corrupted_layer_file_is_a_crc_error() {
         0,
         "no file, no temporary file"
     );
+    // `cp` of the damaged file onto an existing file: the same error, the old file (content,
+    // mode) untouched, nothing beside it.
+    let cpdir = tmp.path().join("cp");
+    std::fs::create_dir(&cpdir).unwrap();
+    let keep = cpdir.join("keep");
+    std::fs::write(&keep, b"old\n").unwrap();
+    std::fs::set_permissions(&keep, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let o = cst(&store, &["cp", "big:/big/file", keep.to_str().unwrap()]);
+    let err = one_line_error(&o);
+    assert!(err.contains("CRC") && err.contains("big/file"), "{err}");
+    assert_eq!(std::fs::read(&keep).unwrap(), b"old\n");
+    assert_eq!(mode_of(&keep), 0o640);
+    assert_eq!(
+        std::fs::read_dir(&cpdir).unwrap().count(),
+        1,
+        "only the old file"
+    );
     ok(
         &store,
         &["unpack", "--no-verify", "big", target.to_str().unwrap()],
     );
     assert_eq!(std::fs::read(target.join("big/file")).unwrap(), b);
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// `cp IMAGE:FILE DEST` onto an existing file follows the output rules, not `podman cp`'s
+/// unlink-and-create: the file is replaced atomically and keeps its mode and owner (it
+/// gets the image's content and modification time, as umoci writes them); a symlink to it
+/// is followed (and stays a symlink); a FIFO receives the bytes and stays a FIFO; a new
+/// file gets the image's mode. Nothing is left beside the destination.
+#[test]
+fn cp_onto_a_file_follows_the_output_rules() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let fx = fx();
+    let store = &fx.native;
+    let theirs = fx.umoci["three"].join("etc/passwd");
+    let want = std::fs::read(&theirs).unwrap();
+    let want_mtime = std::fs::metadata(&theirs).unwrap().mtime();
+    assert_eq!(
+        mode_of(&theirs),
+        0o600,
+        "the fixture's mode differs from the file's"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let f = d.join("f");
+    std::fs::write(&f, b"old contents, longer than the new ones\n").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+    std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+    let ino = std::fs::metadata(&f).unwrap().ino();
+    ok(store, &["cp", "three:/etc/passwd", f.to_str().unwrap()]);
+    let md = std::fs::metadata(&f).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), want);
+    assert_eq!(md.mode() & 0o7777, 0o664, "mode kept");
+    assert_eq!((md.uid(), md.gid()), (1234, 5678), "owner kept");
+    assert_eq!(md.mtime(), want_mtime, "the image's time");
+    assert_ne!(md.ino(), ino, "replaced by rename, not written in place");
+    // Through a symlink.
+    std::fs::write(&f, b"old\n").unwrap();
+    std::os::unix::fs::symlink("f", d.join("link")).unwrap();
+    ok(
+        store,
+        &["cp", "three:/etc/passwd", d.join("link").to_str().unwrap()],
+    );
+    assert!(
+        std::fs::symlink_metadata(d.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&f).unwrap(), want);
+    assert_eq!(mode_of(&f), 0o664);
+    // Into an existing directory, onto the file of that name there.
+    std::fs::create_dir(d.join("dir")).unwrap();
+    std::fs::write(d.join("dir/passwd"), b"old\n").unwrap();
+    std::fs::set_permissions(
+        d.join("dir/passwd"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    ok(
+        store,
+        &["cp", "three:/etc/passwd", d.join("dir").to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(d.join("dir/passwd")).unwrap(), want);
+    assert_eq!(mode_of(&d.join("dir/passwd")), 0o640);
+    // A new file: the image's mode and time.
+    ok(
+        store,
+        &["cp", "three:/etc/passwd", d.join("new").to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(d.join("new")).unwrap(), want);
+    assert_eq!(mode_of(&d.join("new")), 0o600);
+    assert_eq!(
+        std::fs::metadata(d.join("new")).unwrap().mtime(),
+        want_mtime
+    );
+    // A FIFO is written into.
+    let fifo = d.join("fifo");
+    run(Command::new("mkfifo").arg(&fifo));
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    ok(store, &["cp", "three:/etc/passwd", fifo.to_str().unwrap()]);
+    assert_eq!(reader.join().unwrap(), want);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["dir", "f", "fifo", "link", "new"],
+        "no temporary files"
+    );
 }
 
 /// An unpack killed with SIGKILL half-way leaves the target (partial, as it was being
@@ -1021,6 +1170,297 @@ fn devices_are_skipped_with_one_warning_without_root() {
             .collect()
     };
     assert_eq!(names(&got), names(&want));
+}
+
+/// SIGTERM while `cp IMAGE:FILE DEST` is writing the replacement of an existing file (held
+/// in its `copy_file_range` by strace's syscall delay injection, so that the temporary file
+/// exists when the signal comes): the temporary file is removed, the old file is as it was,
+/// and the process dies by the signal (143).
+#[test]
+fn a_signal_during_cp_leaves_the_old_file_and_no_temporary() {
+    use std::os::unix::process::ExitStatusExt;
+    testutil::require_tool("strace");
+    let fx = fx();
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = tmp.path().join("keep");
+    std::fs::write(&keep, b"old\n").unwrap();
+    let child = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=copy_file_range"])
+        .args(["-e", "inject=copy_file_range:delay_enter=5000000"])
+        .arg(env!("CARGO_BIN_EXE_cstorage"))
+        .args(fx.native.cstorage_args())
+        .args(["cp", "--no-verify", "three:/etc/passwd"])
+        .arg(&keep)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The temporary file appears (named with the cstorage process's PID) once the copy is
+    // under way.
+    let started = std::time::Instant::now();
+    let tmp_pid = loop {
+        let found = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(".keep.cstorage-tmp-"));
+        if let Some(n) = found {
+            break n
+                .trim_start_matches(".keep.cstorage-tmp-")
+                .split('-')
+                .next()
+                .unwrap()
+                .parse::<i32>()
+                .unwrap();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no temporary file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    run(Command::new("kill").args(["-TERM", &tmp_pid.to_string()]));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.code() == Some(143) || out.status.signal() == Some(15),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&keep).unwrap(), b"old\n");
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["keep"], "no temporary file left");
+}
+
+/// A non-root user reading a root-owned native store cannot read `trusted.overlay.opaque`
+/// (the kernel answers ENODATA, as for a directory that is not opaque), so the image's two
+/// opaque directories (`/opq` in layer 2, `/newdir` in layer 3) are not applied. `unpack`
+/// and `rootfs-tar` say so in one warning naming the store and the first directory; the
+/// run still succeeds. Root, who can read the attribute, gets no warning and umoci's tree.
+#[test]
+fn hidden_opaque_directories_are_warned_about() {
+    use testutil::rootless::USER;
+    let fx = fx();
+    let tmp = tempfile::Builder::new()
+        .prefix("cst-uo-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("root");
+    // cp -a as root keeps the trusted.* attributes.
+    run(Command::new("cp").arg("-a").arg(&fx.native.root).arg(&root));
+    // The fuse-overlayfs store marks the same directories in ways any reader sees.
+    let fuse_root = tmp.path().join("fuse");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&fx.fuse.root)
+        .arg(&fuse_root));
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(tmp.path()));
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    run(Command::new("chown").arg(USER).arg(&run_dir));
+    let bin = tmp.path().join("cstorage");
+    std::fs::copy(env!("CARGO_BIN_EXE_cstorage"), &bin).unwrap();
+    let store_root = std::cell::RefCell::new(root.clone());
+    let store_args = |c: &mut Command| {
+        c.arg("--root")
+            .arg(&*store_root.borrow())
+            .arg("--runroot")
+            .arg(&run_dir)
+            .args(["--storage-opt", "overlay.skip_mount_home=true"]);
+    };
+    let as_user = |args: &[&str]| -> Output {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--", "env", "-i", "PATH=/usr/bin:/bin"])
+            .arg(format!("HOME={}", run_dir.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", run_dir.display()))
+            .arg(&bin);
+        store_args(&mut c);
+        c.args(args).output().unwrap()
+    };
+    let warned = |o: &Output, what: &str| {
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("opaque")).collect();
+        assert_eq!(lines.len(), 1, "{what}: one warning: {err}");
+        let w = lines[0];
+        assert!(
+            w.starts_with("cstorage: warning: ")
+                && w.contains(&format!("store {}", root.display()))
+                && w.contains("2 opaque directories")
+                && w.contains("/opq")
+                && w.contains("trusted.overlay.opaque")
+                && w.contains("CAP_SYS_ADMIN"),
+            "{what}: {w}"
+        );
+    };
+    let out = run_dir.join("out");
+    let o = as_user(&["unpack", "--no-owners", "three", out.to_str().unwrap()]);
+    warned(&o, "unpack");
+    // What the warning is about: the file hidden by the opaque directory shows through.
+    assert!(out.join("opq/old1").exists());
+    assert!(!fx.umoci["three"].join("opq/old1").exists());
+    let o = as_user(&[
+        "image",
+        "export",
+        "three",
+        "--format",
+        "rootfs-tar",
+        "-o",
+        "/dev/null",
+    ]);
+    warned(&o, "rootfs-tar");
+    *store_root.borrow_mut() = fuse_root.clone();
+    let o = as_user(&[
+        "image",
+        "export",
+        "three",
+        "--format",
+        "rootfs-tar",
+        "-o",
+        "/dev/null",
+    ]);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "fuse store: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    *store_root.borrow_mut() = root.clone();
+    // Root reads the attribute: no warning, and the opaque directory is applied.
+    let mut c = Command::new(&bin);
+    store_args(&mut c);
+    let rout = tmp.path().join("rout");
+    let o = c.args(["unpack", "three"]).arg(&rout).output().unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!rout.join("opq/old1").exists());
+}
+
+/// As root, `--uid-map`/`--gid-map` shift owners as `umoci unpack --uid-map/--gid-map` does
+/// with the same ranges (two ranges for UIDs, one for GIDs): the trees are equal, owners
+/// included. An owner outside every range is an error naming it; as any other user, or
+/// with `--no-owners`, the maps are refused.
+#[test]
+fn uid_and_gid_maps_shift_owners_as_umoci() {
+    let fx = fx();
+    let tmp = tempfile::tempdir().unwrap();
+    let maps = [
+        "--uid-map",
+        "0:100000:1000",
+        "--uid-map",
+        "1000:300000:64536",
+        "--gid-map",
+        "0:200000:65536",
+    ];
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .args(maps)
+        .arg("--image")
+        .arg(format!("{}:three", fx.layout.display()))
+        .arg(&bundle));
+    let theirs = snapshot(&bundle.join("rootfs"));
+    let out = tmp.path().join("ours");
+    let mut args = vec!["unpack"];
+    args.extend(maps);
+    args.extend(["three", out.to_str().unwrap()]);
+    ok(&fx.native, &args);
+    let ours = snapshot(&out);
+    assert_same_tree("uid/gid maps", &ours, &theirs);
+    assert_eq!(ours["entries"]["/srv/app.conf"]["uid"], 300000 + 234);
+    assert_eq!(ours["entries"]["/srv/app.conf"]["gid"], 200000 + 5678);
+    // Owners no range covers (1000:1000, 1234:5678).
+    let o = cst(
+        &fx.native,
+        &[
+            "unpack",
+            "--uid-map",
+            "0:100000:1000",
+            "three",
+            tmp.path().join("partial").to_str().unwrap(),
+        ],
+    );
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("is not covered by the --uid-map ranges"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("partial").exists(), "removed");
+    let o = cst(
+        &fx.native,
+        &[
+            "unpack",
+            "--no-owners",
+            "--gid-map",
+            "0:1:1",
+            "three",
+            tmp.path().join("no").to_str().unwrap(),
+        ],
+    );
+    let err = one_line_error(&o);
+    assert!(err.contains("only when owners are set"), "{err}");
+}
+
+/// A tar that cannot be written names where it was going: the user's path, or "standard
+/// output" (not a generic "output").
+#[test]
+fn tar_write_errors_name_the_target() {
+    let fx = fx();
+    let o = cst(
+        &fx.native,
+        &[
+            "image",
+            "export",
+            "three",
+            "--format",
+            "rootfs-tar",
+            "-o",
+            "/dev/full",
+        ],
+    );
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("/dev/full") && err.contains("No space left"),
+        "{err}"
+    );
+    assert!(!err.contains("output:"), "{err}");
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    for args in [
+        &["cp", "three:/etc", "-"][..],
+        &[
+            "image",
+            "export",
+            "three",
+            "--format",
+            "rootfs-tar",
+            "-o",
+            "-",
+        ][..],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_cstorage"))
+            .args(fx.native.cstorage_args())
+            .args(args)
+            .stdout(full.try_clone().unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("standard output") && err.contains("No space left"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// Unmounts a test mount when dropped.

@@ -99,6 +99,14 @@ pub struct ImageExportOptions {
     pub jobs: usize,
     /// Progress callback.
     pub progress: Option<ImageProgress>,
+    /// How the uncompressed layers written straight into an archive on standard output, a
+    /// FIFO or a device are verified. `None`: [`Verify::Crc`]: each file's size and CRC-64
+    /// against the layer's tar-split (the tar's headers come from the tar-split itself) and
+    /// the layer's size against its `diff-size`; the sha256 is the receiver's to check
+    /// (`podman load`, `docker load` do), and one found wrong after the layer's bytes were
+    /// sent could not take them back anyway. Every other layer, and every layer of an
+    /// archive written to a file, is verified with [`Verify::Digest`].
+    pub stream_verify: Option<Verify>,
 }
 
 impl ImageExportOptions {
@@ -192,9 +200,14 @@ fn put_blob_bytes(dir: &Path, digest: &Digest, bytes: &[u8]) -> Result<Option<Pe
     ))
 }
 
-/// Export options for a layer blob: digest verified, progress reported under the layer's ID.
-fn verified_export(layer: &Layer, progress: Option<&ImageProgress>) -> ExportOptions {
-    let opts = ExportOptions::new(Verify::Digest);
+/// Export options for a layer blob: verified as `verify` says, progress reported under the
+/// layer's ID.
+fn verified_export(
+    layer: &Layer,
+    progress: Option<&ImageProgress>,
+    verify: Verify,
+) -> ExportOptions {
+    let opts = ExportOptions::new(verify);
     match progress {
         Some(p) => {
             let p = p.clone();
@@ -223,7 +236,7 @@ fn put_layer_blob(
             "has no DiffID; it cannot be exported as an image layer",
         )
     })?;
-    let opts = verified_export(layer, progress);
+    let opts = verified_export(layer, progress, Verify::Digest);
     let create_err = |e: std::io::Error| {
         StorageError::io(
             name,
@@ -733,6 +746,7 @@ fn stream_layer(
     layer: &Layer,
     progress: Option<&ImageProgress>,
     archive: &Path,
+    verify: Verify,
 ) -> Result<()> {
     let size = layer.diff_size().unwrap_or(0);
     let mut h = TarHeader::new(name.as_bytes().to_vec(), EntryType::Regular);
@@ -741,7 +755,7 @@ fn stream_layer(
     w.write_all(&h.to_bytes())
         .and_then(|_| w.flush())
         .map_err(|e| StorageError::io(archive, e))?;
-    let opts = verified_export(layer, progress);
+    let opts = verified_export(layer, progress, verify);
     // Straight into the output (copy_file_range or splice where it can), after what the
     // buffer held.
     let rep = layer.export_to_fd(w.get_ref().as_fd(), archive, &opts)?;
@@ -860,6 +874,11 @@ fn export_archive(
     let out = OutputFile::create(path)?;
     let name = out.name().to_owned();
     let direct = out.is_direct();
+    let stream_verify = match (direct, opts.stream_verify) {
+        (true, Some(v)) => v,
+        (true, None) => Verify::Crc,
+        (false, _) => Verify::Digest,
+    };
     let oci = opts.format == ArchiveFormat::OciArchive;
     // Uncompressed layers of known size can go straight into the archive (their blob is the
     // layer tar: digest = DiffID, size = diff-size, both known before writing) instead of
@@ -944,7 +963,14 @@ fn export_archive(
             }
         });
         let streamed_ok = streamed.iter().try_for_each(|(member, l, _, _)| {
-            stream_layer(&mut w, member, l, opts.progress.as_ref(), &name)
+            stream_layer(
+                &mut w,
+                member,
+                l,
+                opts.progress.as_ref(),
+                &name,
+                stream_verify,
+            )
         });
         let spooled = match spool.join() {
             Ok(r) => r,

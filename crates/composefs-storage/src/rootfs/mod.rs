@@ -53,6 +53,7 @@
 pub mod layer_files;
 
 mod diff;
+pub mod hidden_opaque;
 mod merge;
 mod node;
 mod tree;

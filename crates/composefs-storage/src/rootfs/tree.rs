@@ -65,6 +65,7 @@ impl RootFs {
     /// Opens the merged root filesystem of `image` (its layers' `diff` directories).
     pub fn new(image: &Image) -> Result<RootFs> {
         let layers = image.layers()?;
+        super::hidden_opaque::warn_once(image.id(), &layers);
         // The shared locks of each layer store involved (once each), with the layers checked
         // to be still present under them.
         let mut locks = Vec::new();

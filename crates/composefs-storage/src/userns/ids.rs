@@ -108,6 +108,7 @@ fn parse_sub_ids(text: &str, uid: u32, user: Option<&str>) -> Vec<(u32, u32)> {
 /// Capability numbers from `linux/capability.h`.
 const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_ADMIN: u32 = 21;
 
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -140,6 +141,17 @@ pub fn can_bypass_file_permissions() -> bool {
         Some(caps) => caps & ((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) != 0,
         None => rustix::process::geteuid().is_root(),
     }
+}
+
+/// True if this process can read `trusted.*` extended attributes (where a root-owned native
+/// store marks opaque directories): `CAP_SYS_ADMIN` in its effective set while in the initial
+/// user namespace (the kernel checks the capability there).
+pub fn can_read_trusted_xattrs() -> bool {
+    static R: OnceLock<bool> = OnceLock::new();
+    *R.get_or_init(|| {
+        effective_caps().is_some_and(|eff| eff & (1 << CAP_SYS_ADMIN) != 0)
+            && in_initial_user_namespace()
+    })
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 
 pub(crate) use client::{open_denied, register_root, xattrs_denied};
 pub(crate) use ids::{IdMap, rootless_id_maps};
-pub use ids::{can_bypass_file_permissions, in_initial_user_namespace};
+pub use ids::{can_bypass_file_permissions, can_read_trusted_xattrs, in_initial_user_namespace};
 
 /// Opts this program in to the user-namespace helper, and runs the helper if this process was
 /// started as one. Call it first thing in `main`, before any thread is started: when the
