@@ -4,7 +4,7 @@
 //! 0.9) does, with composefs-rs's own repository and splitstream code ([`Repository`],
 //! [`SplitStreamWriter`](::composefs::splitstream::SplitStreamWriter)):
 //!
-//! - every regular file larger than [`INLINE_MAX`](crate::composefs::INLINE_MAX) as an
+//! - every regular file larger than [`INLINE_MAX`] as an
 //!   object, `objects/XX/REST` by its fs-verity digest;
 //! - each layer as a splitstream of its tar (content type `ocilayer`, named
 //!   `oci-layer-<diff_id>`): the tar-split segments (headers, padding, the end marker) and
