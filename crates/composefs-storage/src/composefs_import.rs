@@ -313,10 +313,9 @@ struct Objects<'r, H: FsVerityHashValue> {
     insecure: bool,
     /// The fs-verity digest of every file stored, by (device, inode) of the store's file.
     by_inode: Mutex<std::collections::HashMap<(u64, u64), H>>,
-    /// Whether reflinks / `copy_file_range` / fs-verity still look possible (the first
-    /// refusal turns each off for the rest of the run).
-    reflink: AtomicBool,
-    copy_range: AtomicBool,
+    copier: ContentCopier,
+    /// Whether fs-verity still looks possible (the first refusal turns it off for the rest
+    /// of the run).
     verity: AtomicBool,
     written: AtomicU64,
     reflinked: AtomicU64,
@@ -337,8 +336,7 @@ impl<'r, H: FsVerityHashValue> Objects<'r, H> {
             dir,
             insecure: repo.is_insecure(),
             by_inode: Mutex::new(std::collections::HashMap::new()),
-            reflink: AtomicBool::new(true),
-            copy_range: AtomicBool::new(true),
+            copier: ContentCopier::default(),
             verity: AtomicBool::new(true),
             written: AtomicU64::new(0),
             reflinked: AtomicU64::new(0),
@@ -375,7 +373,8 @@ impl<'r, H: FsVerityHashValue> Objects<'r, H> {
         .map_err(|e| self.err(".", format!("creating an O_TMPFILE: {e}")))?;
         let tmp = File::from(tmp);
         let reflinked = self
-            .copy_content(src, &tmp, size)
+            .copier
+            .copy(src, &tmp, size)
             .map_err(|e| self.err(&rel, format!("writing the object: {e}")))?;
         // fs-verity is enabled on a read-only descriptor, with no writable one left open.
         let ro = rustix::fs::open(
@@ -437,10 +436,37 @@ impl<'r, H: FsVerityHashValue> Objects<'r, H> {
             Err(e) => Err(self.err(&rel, format!("linking the object: {e}"))),
         }
     }
+}
 
+fn proc_fd(f: &impl AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", f.as_fd().as_raw_fd())
+}
+
+/// Copies file contents into new files the cheapest way the file systems allow: a reflink
+/// (FICLONE), else `copy_file_range`, else read/write; never a hard link. The first refusal
+/// of a reflink or of `copy_file_range` turns that method off for the rest of the run (the
+/// objects of one import or digest store all go to one file system). Shared by the import
+/// and by `cstorage composefs mkfs --digest-store`.
+#[derive(Debug)]
+pub struct ContentCopier {
+    reflink: AtomicBool,
+    copy_range: AtomicBool,
+}
+
+impl Default for ContentCopier {
+    fn default() -> Self {
+        ContentCopier {
+            reflink: AtomicBool::new(true),
+            copy_range: AtomicBool::new(true),
+        }
+    }
+}
+
+impl ContentCopier {
     /// Copies `size` bytes of `src` from offset 0 into the empty `out`: FICLONE, else
     /// `copy_file_range`, else read/write. Returns whether it was a reflink.
-    fn copy_content(&self, src: &File, out: &File, size: u64) -> std::io::Result<bool> {
+    pub fn copy(&self, src: &File, out: &File, size: u64) -> std::io::Result<bool> {
         if self.reflink.load(Ordering::Relaxed) {
             match rustix::fs::ioctl_ficlone(out, src) {
                 Ok(()) => return Ok(true),
@@ -486,11 +512,6 @@ impl<'r, H: FsVerityHashValue> Objects<'r, H> {
         copy_plain(src, out, size)?;
         Ok(false)
     }
-}
-
-fn proc_fd(f: &impl AsFd) -> String {
-    use std::os::fd::AsRawFd;
-    format!("/proc/self/fd/{}", f.as_fd().as_raw_fd())
 }
 
 fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {

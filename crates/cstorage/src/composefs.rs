@@ -12,6 +12,7 @@ use composefs_storage::composefs::composefs::fsverity::{
     FsVerityHashValue, Sha256HashValue, Sha512HashValue,
 };
 use composefs_storage::composefs::{self as cfs, BuildOptions};
+use composefs_storage::composefs_import::ContentCopier;
 use composefs_storage::{Image, Storage};
 
 /// The fs-verity hash of `composefs digest`.
@@ -350,10 +351,8 @@ struct DigestStore<H: FsVerityHashValue> {
     created: std::sync::Mutex<Vec<H>>,
     /// The `XX` directories known to exist.
     dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
-    /// Whether reflinks and `copy_file_range` to this store still look possible (the first
-    /// refusal turns each off for the rest of the run).
-    reflink: std::sync::atomic::AtomicBool,
-    copy_range: std::sync::atomic::AtomicBool,
+    /// How objects are copied (reflink, else `copy_file_range`, else read/write).
+    copier: ContentCopier,
     pid: u32,
 }
 
@@ -368,8 +367,7 @@ impl<H: FsVerityHashValue> DigestStore<H> {
             seq: AtomicU64::new(0),
             created: std::sync::Mutex::new(Vec::new()),
             dirs: std::sync::Mutex::new(std::collections::HashSet::new()),
-            reflink: std::sync::atomic::AtomicBool::new(true),
-            copy_range: std::sync::atomic::AtomicBool::new(true),
+            copier: ContentCopier::default(),
             pid: std::process::id(),
         })
     }
@@ -406,7 +404,8 @@ impl<H: FsVerityHashValue> DigestStore<H> {
                 .mode(0o644)
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            self.copy_content(src, &out, size)
+            self.copier
+                .copy(src, &out, size)
                 .with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &dest)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
@@ -460,71 +459,4 @@ impl<H: FsVerityHashValue> DigestStore<H> {
         }
         true
     }
-}
-
-impl<H: FsVerityHashValue> DigestStore<H> {
-    /// Copies `size` bytes of `src` from offset 0 to the empty `out`: FICLONE, else
-    /// `copy_file_range`, else read/write.
-    fn copy_content(&self, src: &File, out: &File, size: u64) -> std::io::Result<()> {
-        if self.reflink.load(Ordering::Relaxed) {
-            match rustix::fs::ioctl_ficlone(out, src) {
-                Ok(()) => return Ok(()),
-                Err(_) => self.reflink.store(false, Ordering::Relaxed),
-            }
-        }
-        if !self.copy_range.load(Ordering::Relaxed) {
-            return copy_plain(src, out, size);
-        }
-        let mut off_in = 0u64;
-        let mut off_out = 0u64;
-        while off_in < size {
-            let want = usize::try_from(size - off_in)
-                .unwrap_or(usize::MAX)
-                .min(1 << 30);
-            match rustix::fs::copy_file_range(src, Some(&mut off_in), out, Some(&mut off_out), want)
-            {
-                Ok(0) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "source ended early",
-                    ));
-                }
-                Ok(_) => {}
-                Err(
-                    rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL,
-                ) if off_in == 0 => {
-                    self.copy_range.store(false, Ordering::Relaxed);
-                    return copy_plain(src, out, size);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-}
-
-fn copy_plain(src: &File, out: &File, size: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    thread_local! {
-        // One copy buffer per worker thread, not one per object.
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 << 10]);
-    }
-    BUF.with_borrow_mut(|buf| {
-        let mut off = 0u64;
-        while off < size {
-            let want = buf
-                .len()
-                .min(usize::try_from(size - off).unwrap_or(usize::MAX));
-            let n = src.read_at(&mut buf[..want], off)?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "source ended early",
-                ));
-            }
-            out.write_all_at(&buf[..n], off)?;
-            off += n as u64;
-        }
-        Ok(())
-    })
 }
