@@ -236,22 +236,8 @@ fn verity_supported<H: FsVerityHashValue>(dir: &Path) -> bool {
 
 fn import<H: FsVerityHashValue>(img: &Image, dir: &Path, tag: &str) -> Result<String> {
     let (repo, noted) = open_repo::<H>(dir)?;
-    let total: u64 = img
-        .layers()?
-        .iter()
-        .map(|l| l.diff_size().unwrap_or(0))
-        .sum();
-    let pb = crate::export::progress_bar(
-        Some(total),
-        format!("composefs import {}", crate::fmt::short_id(img.id())),
-    );
-    let done = AtomicU64::new(0);
-    let progress = |n: u64| {
-        let v = done.fetch_add(n, Ordering::Relaxed) + n;
-        if let Some(pb) = &pb {
-            pb.set_position(v);
-        }
-    };
+    let bar = LayerProgress::new(img, "composefs import")?;
+    let progress = |n: u64| bar.add(n);
     let opts = composefs_storage::composefs_import::ImportOptions {
         tag: Some(tag),
         progress: Some(&progress),
@@ -259,9 +245,7 @@ fn import<H: FsVerityHashValue>(img: &Image, dir: &Path, tag: &str) -> Result<St
     };
     let r = composefs_storage::composefs_import::import_image(&repo, dir, img, &opts)
         .with_context(|| format!("image {}: importing into {}", img.id(), dir.display()));
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    drop(bar);
     let r = r?;
     if !r.verity && r.objects_written > 0 && !noted {
         eprintln!(
@@ -285,22 +269,8 @@ fn build<H: FsVerityHashValue>(
     img: &Image,
     sink: Option<&cfs::ObjectSink<'_, H>>,
 ) -> Result<cfs::composefs::tree::FileSystem<H>> {
-    let total: u64 = img
-        .layers()?
-        .iter()
-        .map(|l| l.diff_size().unwrap_or(0))
-        .sum();
-    let pb = crate::export::progress_bar(
-        Some(total),
-        format!("composefs {}", crate::fmt::short_id(img.id())),
-    );
-    let done = AtomicU64::new(0);
-    let progress = |n: u64| {
-        let v = done.fetch_add(n, Ordering::Relaxed) + n;
-        if let Some(pb) = &pb {
-            pb.set_position(v);
-        }
-    };
+    let bar = LayerProgress::new(img, "composefs")?;
+    let progress = |n: u64| bar.add(n);
     let opts = BuildOptions {
         sink,
         progress: Some(&progress),
@@ -308,10 +278,49 @@ fn build<H: FsVerityHashValue>(
     };
     let fs = cfs::build_filesystem(img, &opts)
         .with_context(|| format!("image {}: building its composefs tree", img.id()))?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    drop(bar);
     Ok(fs)
+}
+
+/// A progress bar over the bytes of an image's layers (none unless stderr is a terminal),
+/// cleared when dropped.
+struct LayerProgress {
+    pb: Option<indicatif::ProgressBar>,
+    done: AtomicU64,
+}
+
+impl LayerProgress {
+    fn new(img: &Image, what: &str) -> Result<Self> {
+        let total: u64 = img
+            .layers()?
+            .iter()
+            .map(|l| l.diff_size().unwrap_or(0))
+            .sum();
+        let pb = crate::export::progress_bar(
+            Some(total),
+            format!("{what} {}", crate::fmt::short_id(img.id())),
+        );
+        Ok(LayerProgress {
+            pb,
+            done: AtomicU64::new(0),
+        })
+    }
+
+    /// `n` more bytes done.
+    fn add(&self, n: u64) {
+        let v = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(pb) = &self.pb {
+            pb.set_position(v);
+        }
+    }
+}
+
+impl Drop for LayerProgress {
+    fn drop(&mut self) {
+        if let Some(pb) = &self.pb {
+            pb.finish_and_clear();
+        }
+    }
 }
 
 fn digest<H: FsVerityHashValue>(img: &Image) -> Result<String> {
